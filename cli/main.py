@@ -1,0 +1,159 @@
+"""The ``bdtool`` command group. Domain errors (BdtoolError) become one line and exit code 1."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import json
+import sys
+from typing import Any
+
+import click
+
+import bdtool
+from bdtool.cli.options import env_options, parse_key_values, victim_options
+from bdtool.core.errors import BdtoolError
+
+
+class BdtoolGroup(click.Group):
+    """Turns user-facing errors into one clear line (no traceback) and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BdtoolError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=BdtoolGroup)
+@click.version_option(bdtool.__version__, prog_name="bdtool")
+def main() -> None:
+    """Remove backdoors from image classifiers and compare defenses fairly."""
+
+
+def make_env(device: str, data_dir: str | None, download: bool, tracking_uri: str | None,
+             experiment: str, quiet: bool):
+    from bdtool.core.device import resolve_device
+    from bdtool.core.progress import ProgressPrinter
+    from bdtool.core.victim import RunEnv
+
+    return RunEnv(device=resolve_device(device), data_dir=data_dir, download=download,
+                  tracking_uri=tracking_uri, experiment=experiment,
+                  progress=ProgressPrinter(enabled=not quiet))
+
+
+def make_spec(dataset: str, model: str, attack: str, target: int, poison_rate: float, victim_seed: int,
+              epochs: int | None):
+    from bdtool.core.victim import VictimSpec
+
+    name, _, options = attack.partition(":")
+    return VictimSpec(dataset=dataset, model=model, attack=name,
+                      attack_options=tuple(sorted(parse_key_values(options, "--attack").items())),
+                      target=target, poison_rate=poison_rate, seed=victim_seed, epochs=epochs)
+
+
+def emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+@main.command()
+@victim_options
+@env_options
+@click.option("--retrain", is_flag=True, help="Train again even if a cached victim exists.")
+def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download,
+          tracking_uri, experiment, json_, retrain) -> None:
+    """Train (or reuse) the poisoned victim model and log it to MLflow."""
+    from bdtool.core.victim import get_victim
+
+    env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
+    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
+    victim = get_victim(spec, env, retrain=retrain)
+    result = {
+        "victim_hash": victim.config_hash, "run_id": victim.run_id, "reused": victim.reused,
+        "train_time_s": round(victim.train_seconds, 2), "epochs": victim.train_config.epochs,
+        "acc": victim.before.acc, "asr": victim.before.asr, "ctca": victim.before.ctca,
+        "min_class_acc": victim.before.min_class_acc, "n_train": len(victim.data.train),
+        "n_poisoned": len(victim.data.poisoned_indices), "n_pool": len(victim.data.pool),
+        "n_eval": len(victim.data.evaluation), "device": str(env.device),
+    }
+    if json_:
+        emit_json(result)
+        return
+    state = "reused cached victim" if victim.reused else f"trained in {victim.train_seconds:.1f}s ({victim.train_config.epochs} epochs)"
+    click.echo(f"victim {victim.config_hash}: {state}; MLflow run {victim.run_id}")
+    click.echo(f"  ACC {victim.before.acc:.4f}  ASR {victim.before.asr:.4f}  CTCA {victim.before.ctca:.4f}  "
+               f"min-class {victim.before.min_class_acc:.4f}  (evaluation half: {len(victim.data.evaluation)} images)")
+
+
+KIND_ORDER = ("datasets", "models", "attacks", "defenses", "repairs", "metrics")
+
+
+def _component_row(attr: str, entry) -> dict[str, Any]:
+    from bdtool.core.params import params_to_dict
+
+    obj = entry.obj
+    row: dict[str, Any] = {"name": entry.name, "plugin": entry.source, "description": getattr(obj, "description", "")}
+    if attr == "defenses":
+        row.update(label=obj.label, requires_trigger=obj.requires_trigger, accepts_trigger=obj.accepts_trigger)
+    if attr in ("defenses", "attacks", "repairs"):
+        row["params"] = params_to_dict(obj.Params())
+    if attr == "metrics":
+        row["higher_is_better"] = obj.higher_is_better
+    return row
+
+
+@main.command("list")
+@click.argument("kind", required=False, type=click.Choice(KIND_ORDER))
+@click.option("json_", "--json", is_flag=True, help="Print JSON.")
+def list_components(kind: str | None, json_: bool) -> None:
+    """List datasets, models, attacks, defenses, repairs and metrics."""
+    from bdtool.plugins import get_registries
+
+    regs = get_registries()
+    kinds = [kind] if kind else list(KIND_ORDER)
+    payload = {k: [_component_row(k, e) for e in regs.registry(k)] for k in kinds}
+    if json_:
+        emit_json(payload)
+        return
+    for k in kinds:
+        click.echo(click.style(k, bold=True))
+        for row in payload[k]:
+            extra = ""
+            if k == "defenses":
+                extra = " [needs trigger]" if row["requires_trigger"] else (" [uses trigger if given]" if row["accepts_trigger"] else "")
+            click.echo(f"  {row['name']:<16} {row['description']}{extra}  ({row['plugin']})")
+    _warn_failures(regs)
+
+
+def _warn_failures(regs) -> None:
+    for failure in regs.failures:
+        click.echo(f"warning: plugin '{failure.name}' ({failure.distribution}) was skipped: {failure.error}", err=True)
+
+
+@main.command()
+@click.option("json_", "--json", is_flag=True, help="Print JSON.")
+def plugins(json_: bool) -> None:
+    """List loaded plugins, their distribution and version, and what each registers."""
+    from bdtool.plugins import get_registries
+
+    regs = get_registries()
+    rows = []
+    for info in regs.plugins:
+        registers = {k: [e.name for e in regs.registry(k) if e.source == info.name] for k in KIND_ORDER}
+        rows.append({"name": info.name, "module": info.module, "distribution": info.distribution,
+                     "version": info.version, "registers": {k: v for k, v in registers.items() if v}})
+    failed = [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in regs.failures]
+    if json_:
+        emit_json({"plugins": rows, "failed": failed})
+        return
+    for row in rows:
+        what = "; ".join(f"{k}: {', '.join(v)}" for k, v in row["registers"].items()) or "(nothing)"
+        click.echo(f"{row['name']:<16} {row['distribution']} {row['version']}  {row['module']}  -> {what}")
+    for f in failed:
+        click.echo(f"{f['name']:<16} FAILED ({f['distribution']}): {f['error']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Option sets shared by several commands (STYLE.md lesson 7)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from bdtool.core.device import DEVICE_CHOICES
+
+F = Callable[..., Any]
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(f: F) -> F:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+def parse_key_values(text: str, what: str) -> dict[str, str]:
+    """``k=v,k2=v2`` -> dict; a malformed pair is a click.BadParameter naming it."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"'{part}' in {what} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+victim_options = _stack(
+    click.option("--dataset", default="digits", show_default=True, help="Dataset name (bdtool list datasets)."),
+    click.option("--model", default="small-cnn", show_default=True, help="Model architecture name."),
+    click.option("--attack", default="badnets", show_default=True, help="Attack name, optionally NAME:k=v,..."),
+    click.option("--target", default=0, show_default=True, type=int, help="Backdoor target class."),
+    click.option("--poison-rate", default=0.05, show_default=True, type=float, help="Share of the training set poisoned."),
+    click.option("--victim-seed", default=0, show_default=True, type=int, help="Seed of the victim's poisoning and training."),
+    click.option("--epochs", type=int, default=None, help="Victim training epochs (default: the dataset's recipe)."),
+)
+
+env_options = _stack(
+    click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+                 help="auto = CUDA when available."),
+    click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                 help="Where datasets live (default ~/.cache/bdtool/data; Fashion-MNIST also from Debian)."),
+    click.option("--download", is_flag=True, help="Allow torchvision to download a missing dataset."),
+    click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+                 help="MLflow store (default sqlite:///mlruns/mlflow.db)."),
+    click.option("--experiment", default="bdtool", show_default=True, help="MLflow experiment name."),
+    click.option("json_", "--json", is_flag=True, help="Print machine-readable JSON on stdout and nothing else."),
+)

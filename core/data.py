@@ -1,0 +1,24 @@
+"""A loaded dataset: train and test splits as tensors in [0,1], NCHW (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bdtool.core.tensors import LabeledTensors
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: LabeledTensors
+    test: LabeledTensors
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.x.shape[-1])

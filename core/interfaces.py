@@ -1,0 +1,197 @@
+"""The interfaces plugins implement: Attack, Defense, Repair, Metric, DatasetSource,
+ModelArchitecture (DESIGN.md §2). Each is an ABC with a typed params dataclass.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from bdtool.core.params import build_params, params_to_dict
+from bdtool.core.tensors import LabeledTensors
+
+if TYPE_CHECKING:
+    from bdtool.core.data import DataBundle
+    from bdtool.core.metrics import EvalResult
+    from bdtool.core.training import TrainConfig
+
+
+@dataclass
+class NoParams:
+    """For components without parameters."""
+
+
+class _Parametrised:
+    """Shared construction: ``Params`` is a dataclass; ``from_options`` builds it from strings."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def make_params(cls, options: Mapping[str, Any] | None = None) -> Any:
+        return build_params(cls.Params, dict(options or {}), owner=cls.name)
+
+    def params_dict(self) -> dict[str, Any]:
+        return params_to_dict(self.params)
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+class Attack(_Parametrised, ABC):
+    """A backdoor attack: a trigger stamped on images and a target class (DESIGN.md §2)."""
+
+    description: ClassVar[str] = ""
+
+    def __init__(self, target_class: int = 0, params: Any | None = None) -> None:
+        super().__init__(params)
+        self.target_class = int(target_class)
+
+    @abstractmethod
+    def apply(self, x: Tensor) -> Tensor:
+        """Return a copy of the batch ``x`` (NCHW, values in [0,1]) with the trigger stamped."""
+
+    def poison(self, data: LabeledTensors, rate: float, seed: int) -> "PoisonedSet":
+        """Stamp and relabel ``rate`` of the training set, chosen among non-target samples."""
+        from bdtool.core.splits import poison_training_set
+
+        return poison_training_set(data, self, rate, seed)
+
+
+@dataclass
+class PoisonedSet:
+    data: LabeledTensors
+    poisoned_indices: Tensor  # int64 indices into data that carry the trigger
+
+
+# --------------------------------------------------------------------------- defenses
+
+ProgressFn = Callable[[str, int, int], None]
+"""progress(label, done, total)."""
+MetricLogFn = Callable[[str, float, "int | None"], None]
+"""log_metric(key, value, step)."""
+
+
+def _no_progress(label: str, done: int, total: int) -> None:
+    return None
+
+
+def _no_metric(key: str, value: float, step: int | None = None) -> None:
+    return None
+
+
+@dataclass
+class DefenseContext:
+    """What a defense may see (DESIGN.md §2).
+
+    ``attack`` is set only with backdoor knowledge (BDK). ``train`` is set only for defenses that
+    declare ``needs_training_set`` (retraining). Defenses never see the evaluation half.
+    """
+
+    unlearn: LabeledTensors
+    num_classes: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    attack: Attack | None = None
+    target_class: int | None = None
+    """The target label, known to the defender in the `target` threat model (not the trigger)."""
+    draw_unlearn: Callable[[int | None], LabeledTensors] | None = None
+    """Draws n samples from the unseen pool, optionally only of one class (same n, same seed)."""
+    train: LabeledTensors | None = None
+    train_recipe: "TrainConfig | None" = None
+    progress: ProgressFn = _no_progress
+    log_metric: MetricLogFn = _no_metric
+
+    @property
+    def bdk(self) -> bool:
+        return self.attack is not None
+
+
+class Defense(_Parametrised, ABC):
+    """A backdoor defense. Subclasses set ``name``, ``label``, the knowledge flags and ``Params``."""
+
+    label: ClassVar[str] = ""
+    """Row label as the paper writes it ("actFT", "Ours")."""
+    description: ClassVar[str] = ""
+    requires_trigger: ClassVar[bool] = False
+    """True = needs backdoor knowledge (BDK) and refuses to run without the attack."""
+    accepts_trigger: ClassVar[bool] = False
+    """True = uses the trigger when given (with or without being required)."""
+    needs_training_set: ClassVar[bool] = False
+
+    def defend(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
+        """Run the defense on a copy of ``model``; the model passed in is never modified."""
+        from bdtool.core.errors import DefenseInputError
+
+        if self.requires_trigger and ctx.attack is None:
+            raise DefenseInputError(
+                f"defense '{self.name}' needs backdoor knowledge (the trigger); run it with bdk=true"
+            )
+        if self.needs_training_set and ctx.train is None:
+            raise DefenseInputError(f"defense '{self.name}' needs the training set")
+        if len(ctx.unlearn) == 0 and not self.needs_training_set:
+            raise DefenseInputError(f"defense '{self.name}' needs at least one unlearning sample")
+        work = copy.deepcopy(model).to(ctx.device)
+        return self.apply(work, ctx)
+
+    @abstractmethod
+    def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
+        """Defend ``model`` (already a private copy on ``ctx.device``) and return the result."""
+
+
+class Repair(_Parametrised, ABC):
+    """A step run after a defense to restore utility (the paper's repair, §B.2)."""
+
+    description: ClassVar[str] = ""
+
+    def repair(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
+        work = copy.deepcopy(model).to(ctx.device)
+        return self.apply(work, ctx)
+
+    @abstractmethod
+    def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module: ...
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class Metric(ABC):
+    """A number computed from an evaluation, optionally relative to the victim (reference)."""
+
+    name: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def compute(self, result: "EvalResult", reference: "EvalResult | None" = None) -> float: ...
+
+
+# --------------------------------------------------------------------------- data and models
+
+
+class DatasetSource(ABC):
+    """Where a dataset comes from. ``load`` raises DataNotFoundError saying how to get it."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def load(self, data_dir: str | None = None, download: bool = False) -> "DataBundle": ...
+
+
+class ModelArchitecture(ABC):
+    """A model family, built for a dataset's channels, image size and number of classes."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def build(self, in_channels: int, image_size: int, num_classes: int) -> nn.Module: ...

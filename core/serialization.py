@@ -1,0 +1,39 @@
+"""Safe model files: plain state dicts only. Models are untrusted input in this field, so we never
+unpickle arbitrary objects (DESIGN.md §10): ``torch.load(..., weights_only=True)``."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bdtool.core.errors import UnsafeModelFileError
+
+
+def save_state_dict(model: nn.Module, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".part")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)  # no half-written model file is ever visible under its final name
+    return path
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict, refusing anything that would need unpickling of arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnsafeModelFileError(f"model file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafeModelFileError(
+            f"refusing to load {path}: it is not a plain tensor state dict ({first[:160]}); "
+            "bdtool never unpickles model files, save the model with torch.save(model.state_dict())"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UnsafeModelFileError(f"refusing to load {path}: expected a dict of tensors (a state dict)")
+    return state

@@ -1,0 +1,127 @@
+"""The data protocol of DESIGN.md §6.
+
+- Poisoned training set: ``rate`` of the *whole* training set, drawn among non-target samples,
+  is stamped with the trigger and relabelled to the target class; the indices are kept.
+- The test split is halved once (stratified, fixed seed) into the unseen pool, from which the
+  unlearning set D_U is drawn, and the evaluation half, on which every metric is computed.
+- D_U of n samples is drawn from the pool, stratified: each class gets ⌊n·p_c⌋ samples and the
+  remainder goes to randomly chosen classes, so n=5 with 10 classes gives 5 distinct classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bdtool.core.errors import BdtoolError
+from bdtool.core.tensors import LabeledTensors
+
+if TYPE_CHECKING:
+    from bdtool.core.interfaces import Attack, PoisonedSet
+
+TEST_SPLIT_SEED = 0
+"""The test split is divided once, with this seed, so every experiment evaluates on the same half."""
+
+
+def poison_training_set(data: LabeledTensors, attack: "Attack", rate: float, seed: int) -> "PoisonedSet":
+    from bdtool.core.interfaces import PoisonedSet
+
+    if not 0.0 <= rate < 1.0:
+        raise BdtoolError(f"poison rate must be in [0, 1), got {rate}")
+    candidates = torch.nonzero(data.y != attack.target_class).flatten()
+    n_poison = int(round(rate * len(data)))
+    if n_poison > len(candidates):
+        raise BdtoolError(f"poison rate {rate} needs {n_poison} non-target samples; only {len(candidates)} exist")
+    gen = torch.Generator().manual_seed(seed)
+    chosen = candidates[torch.randperm(len(candidates), generator=gen)[:n_poison]].sort().values
+    x = data.x.clone()
+    y = data.y.clone()
+    if n_poison:
+        x[chosen] = attack.apply(x[chosen])
+        y[chosen] = attack.target_class
+    return PoisonedSet(LabeledTensors(x, y), chosen)
+
+
+@dataclass(frozen=True)
+class TestSplit:
+    pool_indices: Tensor
+    eval_indices: Tensor
+
+
+def split_test(labels: Tensor, seed: int = TEST_SPLIT_SEED) -> TestSplit:
+    """Stratified halves of the test split: (unseen pool, evaluation half)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    y = labels.cpu().numpy()
+    pool, evaluation = train_test_split(idx, test_size=0.5, stratify=y, random_state=seed)
+    return TestSplit(torch.as_tensor(np.sort(pool)), torch.as_tensor(np.sort(evaluation)))
+
+
+def draw_stratified(labels: Tensor, n: int, seed: int, only_class: int | None = None) -> Tensor:
+    """Indices of ``n`` samples of ``labels``, stratified by class (see module docstring)."""
+    if n <= 0:
+        raise BdtoolError(f"the number of unlearning samples must be positive, got {n}")
+    labels = labels.cpu()
+    candidates = torch.arange(len(labels))
+    if only_class is not None:
+        candidates = candidates[labels == only_class]
+        if n > len(candidates):
+            raise BdtoolError(
+                f"asked for {n} samples of class {only_class} but the unseen pool has only {len(candidates)}; "
+                "use a smaller --samples"
+            )
+    if n > len(candidates):
+        raise BdtoolError(
+            f"asked for {n} unlearning samples but the unseen pool has only {len(candidates)}; use a smaller --samples"
+        )
+    rng = np.random.default_rng(seed)
+    sub_labels = labels[candidates].numpy()
+    classes, counts = np.unique(sub_labels, return_counts=True)
+    quota = np.floor(n * counts / counts.sum()).astype(int)
+    remainder = n - int(quota.sum())
+    if remainder:
+        spare = np.flatnonzero(counts > quota)
+        extra = rng.choice(spare, size=remainder, replace=False, p=None)
+        quota[extra] += 1
+    chosen: list[int] = []
+    for cls, q in zip(classes, quota):
+        members = np.flatnonzero(sub_labels == cls)
+        chosen.extend(rng.choice(members, size=int(q), replace=False).tolist())
+    return candidates[torch.as_tensor(sorted(chosen), dtype=torch.long)]
+
+
+@dataclass
+class ExperimentData:
+    """Everything one experiment needs, derived from one DataBundle and one attack."""
+
+    train: LabeledTensors  # poisoned
+    poisoned_indices: Tensor
+    pool: LabeledTensors
+    evaluation: LabeledTensors
+    num_classes: int
+
+    def clean_train(self) -> LabeledTensors:
+        """The training set minus the poisoned samples (what retraining uses)."""
+        keep = torch.ones(len(self.train), dtype=torch.bool)
+        keep[self.poisoned_indices] = False
+        return self.train.subset(torch.nonzero(keep).flatten())
+
+    def draw_unlearn(self, n: int, seed: int, only_class: int | None = None) -> LabeledTensors:
+        return self.pool.subset(draw_stratified(self.pool.y, n, seed, only_class))
+
+
+def prepare_experiment(bundle, attack: "Attack", rate: float, seed: int) -> ExperimentData:
+    poisoned = attack.poison(bundle.train, rate, seed)
+    split = split_test(bundle.test.y)
+    return ExperimentData(
+        train=poisoned.data,
+        poisoned_indices=poisoned.poisoned_indices,
+        pool=bundle.test.subset(split.pool_indices),
+        evaluation=bundle.test.subset(split.eval_indices),
+        num_classes=bundle.num_classes,
+    )

@@ -1,0 +1,131 @@
+"""MLflow store, experiments and model logging (DESIGN.md §9).
+
+Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``;
+``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` override it. Telemetry is off.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_EXPERIMENT = "bdtool"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def setup_tracking(uri: str | None = None) -> str:
+    """Point MLflow at the store (creating the sqlite folder) and return the URI in use."""
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri = resolve_tracking_uri(uri)
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.expanduser().parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """``<store folder>/artifacts`` for a sqlite store; the server's default otherwise."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return None
+    return (db.expanduser().resolve().parent / "artifacts").as_uri()
+
+
+def ensure_experiment(name: str, uri: str) -> str:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_root_for(uri))
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def standard_tags(device: torch.device) -> dict[str, str]:
+    import bdtool
+
+    tags = {"bdtool.version": bdtool.__version__, "bdtool.device": str(device),
+            "bdtool.torch": torch.__version__}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def pip_requirements() -> list[str]:
+    import torchvision
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+
+
+def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> None:
+    """Log ``model`` as an MLflow PyTorch model (explicit pip requirements, so no slow inference
+    subprocess) and a ``state_dict.pt`` copy that bdtool reloads with ``weights_only=True``."""
+    import mlflow
+    import mlflow.pytorch
+
+    from bdtool.core.serialization import save_state_dict
+
+    model = model.eval().cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_state_dict(model, Path(tmp) / "state_dict.pt")
+        mlflow.log_artifact(str(path), artifact_path=name)
+    mlflow.pytorch.log_model(
+        model,
+        name=f"{name}-mlflow",
+        input_example=example[:2].cpu().numpy(),  # batch of 2: a batch of 1 would fix the batch dim
+        pip_requirements=pip_requirements(),
+    )
+
+
+def download_state_dict(run_id: str, name: str = "model") -> dict[str, torch.Tensor]:
+    import mlflow
+
+    from bdtool.core.serialization import load_state_dict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{name}/state_dict.pt", dst_path=tmp)
+        return load_state_dict(local)
+
+
+def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:
+    import mlflow
+
+    flat = {f"{prefix}{k}": ("" if v is None else str(v))[:6000] for k, v in params.items()}
+    if flat:
+        mlflow.log_params(flat)

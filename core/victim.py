@@ -1,0 +1,212 @@
+"""Victim (poisoned) models: trained once per configuration, cached in the MLflow store by a
+content hash of that configuration, and reused by every later command (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from bdtool.core.data import DataBundle
+from bdtool.core.errors import BdtoolError
+from bdtool.core.interfaces import Attack
+from bdtool.core.metrics import EvalResult, evaluate
+from bdtool.core.progress import ProgressPrinter
+from bdtool.core.splits import ExperimentData, prepare_experiment
+from bdtool.core.training import TrainConfig, train_supervised
+
+VICTIM_RECIPE_VERSION = 1
+"""Bump when training code changes in a way that should invalidate cached victims."""
+HASH_TAG = "bdtool.victim_hash"
+KIND_TAG = "bdtool.kind"
+
+RECIPES: dict[str, TrainConfig] = {
+    # Measured on the 2-core CPU machine: digits reaches ACC ~0.97 / ASR ~1.0 in a few seconds,
+    # Fashion-MNIST ACC >= 0.88 / ASR >= 0.95 in 6 epochs (~2 min). See docs/victims.md.
+    "digits": TrainConfig(epochs=20, lr=0.05, batch_size=64),
+    "fashion-mnist": TrainConfig(epochs=6, lr=0.05, batch_size=128),
+    "mnist": TrainConfig(epochs=4, lr=0.05, batch_size=128),
+}
+DEFAULT_RECIPE = TrainConfig(epochs=40, lr=0.05, batch_size=128)  # colour 32x32 sets, on a GPU
+
+
+@dataclass(frozen=True)
+class VictimSpec:
+    dataset: str = "digits"
+    model: str = "small-cnn"
+    attack: str = "badnets"
+    attack_options: tuple[tuple[str, str], ...] = ()
+    target: int = 0
+    poison_rate: float = 0.05
+    seed: int = 0
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+
+    def train_config(self) -> TrainConfig:
+        base = RECIPES.get(self.dataset, DEFAULT_RECIPE)
+        overrides = {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size)) if v is not None}
+        config = replace(base, **overrides)
+        try:
+            config.validate()
+        except ValueError as exc:
+            raise BdtoolError(f"training recipe: {exc}") from None
+        return config
+
+
+@dataclass
+class RunEnv:
+    """Where and how work runs: device, data location, MLflow store, progress output."""
+
+    device: torch.device
+    data_dir: str | None = None
+    download: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "bdtool"
+    progress: ProgressPrinter = field(default_factory=lambda: ProgressPrinter(enabled=False))
+
+
+@dataclass
+class Victim:
+    spec: VictimSpec
+    config_hash: str
+    attack: Attack
+    bundle: DataBundle
+    data: ExperimentData
+    model: nn.Module
+    before: EvalResult
+    run_id: str
+    reused: bool
+    train_seconds: float
+    train_config: TrainConfig
+
+    def fresh_copy(self) -> nn.Module:
+        import copy
+
+        return copy.deepcopy(self.model)
+
+
+def build_attack(name: str, options: dict[str, Any], target: int) -> Attack:
+    from bdtool.plugins import get_registries
+
+    cls = get_registries().attacks.get(name)
+    return cls(target_class=target, params=cls.make_params(options))
+
+
+def build_model(name: str, bundle: DataBundle) -> nn.Module:
+    from bdtool.plugins import get_registries
+
+    arch = get_registries().models.get(name)()
+    return arch.build(bundle.channels, bundle.image_size, bundle.num_classes)
+
+
+def load_dataset(name: str, env: RunEnv) -> DataBundle:
+    from bdtool.plugins import get_registries
+
+    source = get_registries().datasets.get(name)()
+    return source.load(env.data_dir, env.download)
+
+
+def config_hash(spec: VictimSpec, attack: Attack, train: TrainConfig, bundle: DataBundle) -> str:
+    payload = {
+        "recipe_version": VICTIM_RECIPE_VERSION,
+        "dataset": spec.dataset,
+        "shape": [len(bundle.train), bundle.channels, bundle.image_size, bundle.num_classes],
+        "model": spec.model,
+        "attack": spec.attack,
+        "attack_params": attack.params_dict(),
+        "target": spec.target,
+        "poison_rate": spec.poison_rate,
+        "seed": spec.seed,
+        "train": asdict(train),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_cached_run(experiment_id: str, digest: str) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{HASH_TAG}` = '{digest}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False) -> Victim:
+    """Return the cached victim for ``spec`` or train it (and log it as an MLflow run)."""
+    import mlflow
+
+    from bdtool.core import tracking
+
+    bundle = load_dataset(spec.dataset, env)
+    if not 0 <= spec.target < bundle.num_classes:
+        raise BdtoolError(f"target class {spec.target} is out of range for {spec.dataset} (0..{bundle.num_classes - 1})")
+    attack = build_attack(spec.attack, dict(spec.attack_options), spec.target)
+    try:
+        attack.apply(bundle.test.x[:1])
+    except ValueError as exc:
+        raise BdtoolError(f"attack {spec.attack}: {exc}") from None
+    data = prepare_experiment(bundle, attack, spec.poison_rate, spec.seed)
+    train_config = spec.train_config()
+    digest = config_hash(spec, attack, train_config, bundle)
+    uri = tracking.setup_tracking(env.tracking_uri)
+    experiment_id = tracking.ensure_experiment(env.experiment, uri)
+    model = build_model(spec.model, bundle)
+
+    cached = None if retrain else find_cached_run(experiment_id, digest)
+    if cached is not None:
+        model.load_state_dict(tracking.download_state_dict(cached, "model"))
+        model.to(env.device).eval()
+        before = evaluate(model, data.evaluation, attack, bundle.num_classes, env.device)
+        env.progress.message(f"reusing victim {digest} (run {cached}): ACC {before.acc:.3f}, ASR {before.asr:.3f}")
+        return Victim(spec, digest, attack, bundle, data, model, before, cached, True, 0.0, train_config)
+
+    from bdtool.core.device import seed_everything
+
+    seed_everything(spec.seed)
+    model = build_model(spec.model, bundle)  # re-created under the seed
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=f"victim {spec.dataset}/{spec.model}/{spec.attack}",
+                           tags={KIND_TAG: "victim", **tracking.standard_tags(env.device)})
+    try:
+        tracking.log_params_flat({
+            "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
+            "poison_rate": spec.poison_rate, "seed": spec.seed, "n_train": len(data.train),
+            "n_poisoned": len(data.poisoned_indices), "n_pool": len(data.pool), "n_eval": len(data.evaluation),
+            **{f"attack.{k}": v for k, v in attack.params_dict().items()},
+            **{f"train.{k}": v for k, v in asdict(train_config).items()},
+        })
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            result = evaluate(model, data.evaluation, attack, bundle.num_classes, env.device)
+            mlflow.log_metrics({"train_loss": loss, "acc": result.acc, "asr": result.asr, "ctca": result.ctca}, step=epoch)
+            if train_config.epochs <= 10 or epoch % max(1, train_config.epochs // 5) == 0:
+                env.progress.message(f"  epoch {epoch}/{train_config.epochs}: loss {loss:.4f}  ACC {result.acc:.3f}  ASR {result.asr:.3f}")
+
+        start = time.perf_counter()
+        train_supervised(model, data.train, train_config, env.device, spec.seed, env.progress, on_epoch,
+                         label=f"training victim {spec.dataset}/{spec.model}")
+        seconds = time.perf_counter() - start
+        before = evaluate(model, data.evaluation, attack, bundle.num_classes, env.device)
+        mlflow.log_metrics({"final_acc": before.acc, "final_asr": before.asr, "final_ctca": before.ctca,
+                            "final_min_class_acc": before.min_class_acc, "train_time_s": seconds})
+        mlflow.log_dict(before.to_dict(), "evaluation.json")
+        mlflow.log_dict({"poisoned_indices": data.poisoned_indices.tolist()}, "poisoned_indices.json")
+        tracking.log_model(model, data.evaluation.x, "model")
+        # The hash tag is set last: only a completely logged victim is ever found by the cache.
+        mlflow.set_tag(HASH_TAG, digest)
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+    return Victim(spec, digest, attack, bundle, data, model, before, run.info.run_id, False, seconds, train_config)
