@@ -128,11 +128,17 @@ def config_hash(spec: VictimSpec, attack: Attack, train: TrainConfig, bundle: Da
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def find_cached_run(experiment_id: str, digest: str) -> str | None:
+def find_cached_run(digest: str) -> str | None:
+    """A finished victim run with this hash, in any experiment of the store."""
+    from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
-    runs = MlflowClient().search_runs(
-        [experiment_id],
+    client = MlflowClient()
+    experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    if not experiment_ids:
+        return None
+    runs = client.search_runs(
+        experiment_ids,
         filter_string=f"tags.`{HASH_TAG}` = '{digest}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
@@ -140,13 +146,15 @@ def find_cached_run(experiment_id: str, digest: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False) -> Victim:
-    """Return the cached victim for ``spec`` or train it (and log it as an MLflow run)."""
+def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: DataBundle | None = None) -> Victim:
+    """Return the cached victim for ``spec`` or train it (and log it as an MLflow run).
+
+    ``bundle`` may pass the already loaded dataset of ``spec.dataset``."""
     import mlflow
 
     from bdtool.core import tracking
 
-    bundle = load_dataset(spec.dataset, env)
+    bundle = bundle if bundle is not None else load_dataset(spec.dataset, env)
     if not 0 <= spec.target < bundle.num_classes:
         raise BdtoolError(f"target class {spec.target} is out of range for {spec.dataset} (0..{bundle.num_classes - 1})")
     attack = build_attack(spec.attack, dict(spec.attack_options), spec.target)
@@ -161,7 +169,7 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False) -> Victim:
     experiment_id = tracking.ensure_experiment(env.experiment, uri)
     model = build_model(spec.model, bundle)
 
-    cached = None if retrain else find_cached_run(experiment_id, digest)
+    cached = None if retrain else find_cached_run(digest)
     if cached is not None:
         model.load_state_dict(tracking.download_state_dict(cached, "model"))
         model.to(env.device).eval()

@@ -1,0 +1,71 @@
+"""``bdtool compare``: the main job (DESIGN.md §8)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from bdtool.cli.main import emit_json, main, make_env, make_spec
+from bdtool.cli.options import env_options, victim_options
+
+
+@main.command()
+@click.option("defenses", "--defense", multiple=True, metavar="NAME[:k=v,...]",
+              help="A row: defense name with params; reserved keys bdk=true|false and repair=<lr>. Repeatable. "
+                   "Default: ours, ours:bdk=false, ours:repair=0.01 and every baseline.")
+@click.option("samples", "--samples", multiple=True, type=int, help="Unlearning set size n; repeatable. Default 50.")
+@click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per (row, n); results are mean ± std.")
+@click.option("--knowledge", type=click.Choice(["bdk", "none"]), default="bdk", show_default=True,
+              help="Default backdoor knowledge of rows without bdk=.")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Also write the table as Markdown, CSV and JSON (and plots) into this folder.")
+@click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow (faster).")
+@victim_options
+@env_options
+def compare(defenses, samples, seeds, knowledge, output, no_log_models, dataset, model, attack, target, poison_rate,
+            victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
+    """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow."""
+    import tempfile
+
+    from bdtool.core.report import aggregate, format_text_table, write_report
+    from bdtool.core.rows import default_row_texts, parse_rows
+    from bdtool.core.runner import CompareConfig, run_comparison
+    from bdtool.plugins import get_registries
+
+    registries = get_registries()
+    # Validate everything before any work starts or any run is created.
+    texts = list(defenses) or default_row_texts(registries)
+    rows = parse_rows(texts, default_bdk=(knowledge == "bdk"), registries=registries)
+    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
+    registries.datasets.get(spec.dataset)
+    registries.models.get(spec.model)
+    registries.attacks.get(spec.attack)
+    env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
+    config = CompareConfig(spec=spec, rows=rows, samples=list(samples) or [50], seeds=seeds,
+                           log_models=not no_log_models)
+    try:
+        result = run_comparison(config, env, registries)
+    except KeyboardInterrupt:
+        click.echo("interrupted: open MLflow runs were marked KILLED; no results were reported", err=True)
+        sys.exit(130)
+    summary = aggregate(result.victim, result.outcomes, config)
+    if output:
+        with tempfile.TemporaryDirectory() as tmp:
+            written = write_report(summary, Path(tmp))
+            Path(output).mkdir(parents=True, exist_ok=True)
+            for path in written.values():
+                shutil.copy2(path, Path(output) / Path(path).name)
+    if json_:
+        payload = summary.to_dict()
+        payload["parent_run_id"] = result.parent_run_id
+        emit_json(payload)
+        return
+    click.echo(format_text_table(summary))
+    failed = [r for r in summary.rows if r.seeds_failed]
+    for r in failed:
+        click.echo(f"{r.label} n={r.n}: {r.seeds_failed} run(s) failed: {'; '.join(r.errors)}", err=True)
+    click.echo(f"MLflow parent run {result.parent_run_id} (bdtool ui to browse)"
+               + (f"; tables written to {output}" if output else ""))

@@ -1,0 +1,57 @@
+"""``bdtool ui``: the MLflow UI for the same store, bound to 127.0.0.1 (DESIGN.md §9, §10)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import click
+
+from bdtool.cli.main import main
+
+
+def server_command(tracking_uri: str, port: int) -> list[str]:
+    from bdtool.core.tracking import artifact_root_for
+
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    root = artifact_root_for(tracking_uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    return cmd
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Job execution would start 7 extra processes; one worker starts in ~9 s on 2 cores.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    return env
+
+
+@main.command()
+@click.option("--port", default=5000, show_default=True, type=int, help="Port on 127.0.0.1.")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow store (default sqlite:///mlruns/mlflow.db).")
+def ui(port: int, tracking_uri: str | None) -> None:
+    """Serve the MLflow UI for bdtool's store on 127.0.0.1 until Ctrl-C."""
+    from bdtool.core.tracking import resolve_tracking_uri, setup_tracking
+
+    uri = resolve_tracking_uri(tracking_uri)
+    setup_tracking(uri)
+    proc = subprocess.Popen(server_command(uri, port), env=server_env(), start_new_session=True)
+    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        click.echo("stopped")
+        return
+    if code != 0:
+        raise click.ClickException(f"the MLflow server exited with code {code}")
