@@ -1,0 +1,163 @@
+"""`bdtool compare` end to end on digits, checked through the MLflow client API."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from bdtool.cli import main
+from bdtool.core.interfaces import Defense
+from bdtool.plugins import get_registries
+
+
+@dataclass
+class ShrinkParams:
+    factor: float = 1.0
+
+
+class ShrinkClassifier(Defense):
+    """A real (if naive) defense for the tests: scales the last Linear layer."""
+
+    name = "test-shrink"
+    label = "Shrink"
+    Params = ShrinkParams
+
+    def apply(self, model, ctx):
+        import torch
+
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.mul_(self.params.factor)
+        return model
+
+
+class Exploding(Defense):
+    name = "test-explode"
+    label = "Explode"
+
+    def apply(self, model, ctx):
+        raise RuntimeError("this defense always fails")
+
+
+@pytest.fixture
+def test_defenses():
+    registry = get_registries().defenses
+    for cls in (ShrinkClassifier, Exploding):
+        registry.register(cls.name, cls, source="tests")
+    yield
+    for cls in (ShrinkClassifier, Exploding):
+        registry._entries.pop(cls.name, None)
+
+
+class Store:
+    """The session MLflow store (its cached digits victim is reused) and a fresh experiment."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri, self.experiment = uri, experiment
+
+    def invoke(self, *args: str):
+        return CliRunner().invoke(main, ["compare", "--device", "cpu", "--experiment", self.experiment, *args])
+
+    def runs(self):
+        client = MlflowClient(tracking_uri=self.uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        return client, ([] if exp is None else client.search_runs([exp.experiment_id], max_results=1000))
+
+
+@pytest.fixture
+def store(mlflow_store, digits_victim, monkeypatch, request):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    return Store(mlflow_store, f"cmp-{request.node.name}")
+
+
+def test_comparison_creates_parent_and_nested_runs(store, test_defenses, tmp_path):
+    out = tmp_path / "tables"
+    result = store.invoke("--defense", "test-shrink", "--defense", "test-shrink:factor=0.5", "--defense", "test-explode",
+                    "--samples", "5", "--samples", "10", "--seeds", "2", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    client, runs = store.runs()
+    by_kind = {}
+    for run in runs:
+        by_kind.setdefault(run.data.tags.get("bdtool.kind"), []).append(run)
+    (parent,) = by_kind["comparison"]
+    assert "victim" not in by_kind  # the cached session victim was reused
+    victim_run_id = parent.data.tags["bdtool.victim_run_id"]
+    assert client.get_run(victim_run_id).data.tags["bdtool.kind"] == "victim"
+    nested = by_kind["defense"]
+    assert len(nested) == 3 * 2 * 2
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in nested)
+    assert all(r.data.tags["bdtool.victim_run_id"] == victim_run_id for r in nested)
+    assert parent.info.status == "FINISHED"
+
+    ok = [r for r in nested if r.data.tags["bdtool.defense"] == "test-shrink"]
+    assert len(ok) == 8 and all(r.info.status == "FINISHED" for r in ok)
+    sample = ok[0]
+    for key in ("dataset", "model", "attack", "n", "seed", "knowledge", "defense", "defense.factor"):
+        assert key in sample.data.params
+    for key in ("acc", "asr", "ctca", "min_class_acc", "score", "defense_time_s", "class_acc_0"):
+        assert key in sample.data.metrics
+    model_files = {a.path for a in client.list_artifacts(sample.info.run_id, "model")}
+    assert "model/state_dict.pt" in model_files
+    assert {a.path for a in client.list_artifacts(sample.info.run_id)} >= {"model", "evaluation.json"}
+
+    failed = [r for r in nested if r.data.tags["bdtool.defense"] == "test-explode"]
+    assert len(failed) == 4 and all(r.info.status == "FAILED" for r in failed)
+    assert all("this defense always fails" in r.data.tags["bdtool.error"] for r in failed)
+
+    summary = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert summary >= {"summary/summary.md", "summary/summary.csv", "summary/summary.json",
+                       "summary/asr_acc_ctca.png", "summary/score_vs_n.png"}
+    assert (out / "summary.md").exists() and (out / "summary.csv").exists()
+    assert "failed" in result.stdout and "Shrink [factor=0.5]" in result.stdout
+
+
+def test_json_output_parses_and_matches_the_runs(store, test_defenses):
+    result = store.invoke("--defense", "test-shrink:factor=0", "--samples", "5", "--seeds", "1", "--json", "--no-log-models")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    (row,) = data["rows"]
+    assert row["label"] == "Shrink [factor=0]" and row["n"] == 5
+    # Zeroing the classifier's weights leaves only biases: the backdoor is gone or all classes collapse.
+    assert 0 <= row["asr_mean"] <= 1
+    assert data["before"]["asr_mean"] >= 0.95
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--defense", "nope"), "unknown defense 'nope'"),
+    (("--defense", "test-shrink:factor=abc"), "test-shrink: factor='abc' is not a number"),
+    (("--defense", "test-shrink:bogus=1"), "test-shrink: unknown parameter 'bogus'"),
+    (("--defense", "test-shrink:bdk=maybe"), "is not a boolean"),
+    (("--defense", "test-shrink", "--samples", "0"), "--samples must be positive"),
+    (("--defense", "test-shrink", "--samples", "100000"), "larger than the unseen pool"),
+    (("--defense", "test-shrink", "--seeds", "0"), "--seeds must be at least 1"),
+])
+def test_bad_specs_exit_nonzero_with_one_line_and_create_no_runs(store, test_defenses, args, message):
+    result = store.invoke(*args)
+    assert result.exit_code != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    _, runs = store.runs()
+    assert [r for r in runs if r.data.tags.get("bdtool.kind") in ("comparison", "defense")] == []
+
+
+def test_trigger_defense_with_bdk_false_is_refused(store, test_defenses):
+    class NeedsTrigger(Defense):
+        name = "test-needs-trigger"
+        label = "NT"
+        requires_trigger = True
+
+        def apply(self, model, ctx):
+            return model
+
+    registry = get_registries().defenses
+    registry.register(NeedsTrigger.name, NeedsTrigger, source="tests")
+    try:
+        result = store.invoke("--defense", "test-needs-trigger:bdk=false")
+        assert result.exit_code != 0
+        assert "needs backdoor knowledge" in result.stderr
+        result = store.invoke("--defense", "test-needs-trigger", "--knowledge", "none")
+        assert result.exit_code != 0 and "cannot run with bdk=false" in result.stderr
+    finally:
+        registry._entries.pop(NeedsTrigger.name, None)

@@ -1,0 +1,90 @@
+"""Plugin discovery through real entry-point metadata (a *.dist-info on sys.path)."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bdtool.core.errors import DuplicateNameError
+from bdtool.plugins.manager import load_plugins
+from bdtool.plugins.registries import build_registries
+
+PLUGIN_SOURCE = '''
+from dataclasses import dataclass
+import bdtool
+from bdtool.core.interfaces import Defense
+
+@dataclass
+class Params:
+    strength: float = 1.0
+
+class Noop(Defense):
+    name = "{defense}"
+    label = "Noop"
+    Params = Params
+    def apply(self, model, ctx):
+        return model
+
+@bdtool.hookimpl
+def bdtool_register_defenses(register):
+    register(Noop)
+'''
+
+
+def make_distribution(root: Path, dist: str, entry: str, module: str, source: str) -> None:
+    info = root / f"{dist}-0.3.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(f"[bdtool]\n{entry} = {module}\n")
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("BDTOOL_PLUGINS", raising=False)
+    return tmp_path
+
+
+def test_third_party_plugin_is_discovered_through_entry_points(site):
+    make_distribution(site, "bdtool-noop", "noop", "bdtool_noop_plugin", PLUGIN_SOURCE.format(defense="noop"))
+    regs = build_registries(load_plugins())
+    entry = regs.defenses.entry("noop")
+    assert entry.source == "noop"
+    info = next(p for p in regs.plugins if p.name == "noop")
+    assert (info.distribution, info.version) == ("bdtool-noop", "0.3")
+    assert "digits" in regs.datasets  # the built-ins still load
+
+
+def test_broken_plugin_is_reported_and_skipped(site):
+    make_distribution(site, "bdtool-broken", "broken", "bdtool_broken_plugin", "raise ImportError('missing dep xyz')\n")
+    make_distribution(site, "bdtool-noop", "noop", "bdtool_noop_plugin2", PLUGIN_SOURCE.format(defense="noop"))
+    regs = build_registries(load_plugins())
+    failure = next(f for f in regs.failures if f.name == "broken")
+    assert failure.distribution == "bdtool-broken"
+    assert "missing dep xyz" in failure.error
+    assert "noop" in regs.defenses
+
+
+def test_duplicate_defense_names_both_plugins(site):
+    make_distribution(site, "bdtool-a", "plugin-a", "bdtool_dup_a", PLUGIN_SOURCE.format(defense="twin"))
+    make_distribution(site, "bdtool-b", "plugin-b", "bdtool_dup_b", PLUGIN_SOURCE.format(defense="twin"))
+    with pytest.raises(DuplicateNameError) as info:
+        build_registries(load_plugins())
+    assert "plugin-a" in str(info.value) and "plugin-b" in str(info.value)
+
+
+def test_misspelled_hookimpl_fails_loudly(site):
+    source = "import bdtool\n\n@bdtool.hookimpl\ndef bdtool_register_defences(register):\n    pass\n"
+    make_distribution(site, "bdtool-typo", "typo", "bdtool_typo_plugin", source)
+    from pluggy import PluginValidationError
+
+    with pytest.raises(PluginValidationError, match="bdtool_register_defences"):
+        load_plugins()
+
+
+def test_bdtool_plugins_env_restricts_loading(site, monkeypatch):
+    make_distribution(site, "bdtool-noop", "noop", "bdtool_noop_plugin3", PLUGIN_SOURCE.format(defense="noop"))
+    monkeypatch.setenv("BDTOOL_PLUGINS", "datasets,noop")
+    loaded = load_plugins()
+    assert sorted(p.name for p in loaded.plugins) == ["datasets", "noop"]
