@@ -1,0 +1,5 @@
+"""``python -m bdtool.cli`` runs the ``bdtool`` command."""
+
+from bdtool.cli import main
+
+main()
