@@ -1,0 +1,15 @@
+"""Every hook is documented and every built-in component is listed by `bdtool list` docs."""
+
+from pathlib import Path
+
+from bdtool.plugins import hookspecs
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_every_hook_is_documented_in_plugins_md():
+    text = (DOCS / "plugins.md").read_text()
+    hooks = [name for name in dir(hookspecs) if name.startswith("bdtool_register_")]
+    assert len(hooks) == 6
+    for hook in hooks:
+        assert f"`{hook}(register)`" in text, hook
