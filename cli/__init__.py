@@ -1,6 +1,7 @@
 """bdtool.cli: the click command-line interface (thin: parse, call the core, report errors)."""
 
 from bdtool.cli import compare as _compare  # noqa: F401  (registers the command)
+from bdtool.cli import sweep as _sweep  # noqa: F401
 from bdtool.cli import ui as _ui  # noqa: F401
 from bdtool.cli.main import main
 

@@ -4,12 +4,53 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
 from bdtool.cli.main import emit_json, main, make_env, make_spec
 from bdtool.cli.options import env_options, victim_options
+
+
+def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowledge: str, spec, env, output: str | None,
+                       json_: bool, log_models: bool, registries, echo: bool = True) -> dict[str, Any]:
+    """Validate the rows, run the comparison, print the table (or nothing with --json), write
+    ``--output`` files, and return the summary as a dict (with ``parent_run_id``)."""
+    from bdtool.core.report import aggregate, format_text_table, write_report
+    from bdtool.core.rows import parse_rows
+    from bdtool.core.runner import CompareConfig, run_comparison
+
+    # Validate everything before any work starts or any run is created.
+    rows = parse_rows(texts, default_bdk=(knowledge == "bdk"), registries=registries)
+    registries.datasets.get(spec.dataset)
+    registries.models.get(spec.model)
+    registries.attacks.get(spec.attack)
+    config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models)
+    try:
+        result = run_comparison(config, env, registries)
+    except KeyboardInterrupt:
+        click.echo("interrupted: open MLflow runs were marked KILLED; no results were reported", err=True)
+        sys.exit(130)
+    summary = aggregate(result.victim, result.outcomes, config)
+    if output:
+        with tempfile.TemporaryDirectory() as tmp:
+            written = write_report(summary, Path(tmp))
+            Path(output).mkdir(parents=True, exist_ok=True)
+            for path in written.values():
+                shutil.copy2(path, Path(output) / Path(path).name)
+    payload = summary.to_dict()
+    payload["parent_run_id"] = result.parent_run_id
+    if json_ or not echo:
+        return payload
+    click.echo(format_text_table(summary))
+    for r in summary.rows:
+        if r.seeds_failed:
+            click.echo(f"{r.label} n={r.n}: {r.seeds_failed} run(s) failed: {'; '.join(r.errors)}", err=True)
+    click.echo(f"MLflow parent run {result.parent_run_id} (bdtool ui to browse)"
+               + (f"; tables written to {output}" if output else ""))
+    return payload
 
 
 @main.command()
@@ -28,44 +69,14 @@ from bdtool.cli.options import env_options, victim_options
 def compare(defenses, samples, seeds, knowledge, output, no_log_models, dataset, model, attack, target, poison_rate,
             victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow."""
-    import tempfile
-
-    from bdtool.core.report import aggregate, format_text_table, write_report
-    from bdtool.core.rows import default_row_texts, parse_rows
-    from bdtool.core.runner import CompareConfig, run_comparison
+    from bdtool.core.rows import default_row_texts
     from bdtool.plugins import get_registries
 
     registries = get_registries()
-    # Validate everything before any work starts or any run is created.
     texts = list(defenses) or default_row_texts(registries)
-    rows = parse_rows(texts, default_bdk=(knowledge == "bdk"), registries=registries)
     spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
-    registries.datasets.get(spec.dataset)
-    registries.models.get(spec.model)
-    registries.attacks.get(spec.attack)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
-    config = CompareConfig(spec=spec, rows=rows, samples=list(samples) or [50], seeds=seeds,
-                           log_models=not no_log_models)
-    try:
-        result = run_comparison(config, env, registries)
-    except KeyboardInterrupt:
-        click.echo("interrupted: open MLflow runs were marked KILLED; no results were reported", err=True)
-        sys.exit(130)
-    summary = aggregate(result.victim, result.outcomes, config)
-    if output:
-        with tempfile.TemporaryDirectory() as tmp:
-            written = write_report(summary, Path(tmp))
-            Path(output).mkdir(parents=True, exist_ok=True)
-            for path in written.values():
-                shutil.copy2(path, Path(output) / Path(path).name)
+    payload = compare_and_report(texts, list(samples) or [50], seeds, knowledge, spec, env, output, json_,
+                                 not no_log_models, registries)
     if json_:
-        payload = summary.to_dict()
-        payload["parent_run_id"] = result.parent_run_id
         emit_json(payload)
-        return
-    click.echo(format_text_table(summary))
-    failed = [r for r in summary.rows if r.seeds_failed]
-    for r in failed:
-        click.echo(f"{r.label} n={r.n}: {r.seeds_failed} run(s) failed: {'; '.join(r.errors)}", err=True)
-    click.echo(f"MLflow parent run {result.parent_run_id} (bdtool ui to browse)"
-               + (f"; tables written to {output}" if output else ""))

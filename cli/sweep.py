@@ -1,0 +1,58 @@
+"""``bdtool sweep``: regenerate the supplement's Tables 7–10 and Figure 4 as comparisons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bdtool.cli.compare import compare_and_report
+from bdtool.cli.main import emit_json, main, make_env, make_spec
+from bdtool.cli.options import env_options, victim_options
+from bdtool.core.sweeps import SWEEPS
+
+
+@main.command()
+@click.argument("preset", type=click.Choice(sorted(SWEEPS)))
+@click.option("samples", "--samples", multiple=True, type=int, help="Override the preset's sample sizes.")
+@click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per (row, n).")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Write each comparison's tables into this folder (one subfolder per target).")
+@click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow.")
+@victim_options
+@env_options
+def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack, target, poison_rate, victim_seed,
+          epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
+    """Run a named grid (table7, table8, table9, table10, figure4) as one comparison per target."""
+    from bdtool.core.splits import split_test
+    from bdtool.core.victim import load_dataset
+    from bdtool.plugins import get_registries
+
+    registries = get_registries()
+    grid = SWEEPS[preset]
+    env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
+    pool = len(split_test(load_dataset(dataset, env).test.y).pool_indices)
+    sizes = list(samples) or [n for n in grid.samples if n <= pool] or [pool]
+    dropped = [n for n in grid.samples if n > pool and not samples]
+    if dropped and not json_:
+        click.echo(f"{preset}: n = {', '.join(map(str, dropped))} exceed the unseen pool of {dataset} ({pool}); dropped",
+                   err=True)
+    targets = grid.targets if len(grid.targets) > 1 else [target]
+    if not json_:
+        click.echo(f"{grid.description}: {len(grid.rows)} rows × n {sizes} × {seeds} seed(s) × target(s) {targets}")
+    results = []
+    for t in targets:
+        spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs)
+        out = str(Path(output) / f"target{t}") if output and len(targets) > 1 else output
+        results.append(compare_and_report(grid.rows, sizes, seeds, "bdk", spec, env, out, json_, not no_log_models,
+                                          registries))
+    if len(targets) > 1 and not json_:
+        click.echo("\nScore per target class (mean ± std over seeds)")
+        labels = [r["label"] for r in results[0]["rows"]]
+        click.echo("target  " + "  ".join(f"{label:>18}" for label in labels))
+        for t, payload in zip(targets, results):
+            cells = [f"{r['score_mean']:.2f} ± {r['score_std']:.2f}" if r["score_mean"] is not None else "failed"
+                     for r in payload["rows"]]
+            click.echo(f"{t:<6}  " + "  ".join(f"{c:>18}" for c in cells))
+    if json_:
+        emit_json({"preset": preset, "comparisons": results})

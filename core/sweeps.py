@@ -1,0 +1,50 @@
+"""Named grids that regenerate the supplement's experiments as comparisons (DESIGN.md §8).
+
+Each preset is a list of row texts (the ``--defense`` grammar), the sample sizes and the target
+classes; ``bdtool sweep NAME`` runs one comparison per target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    description: str
+    rows: list[str]
+    samples: list[int]
+    targets: list[int] = field(default_factory=lambda: [0])
+
+
+def _table8_rows() -> list[str]:
+    rows = []
+    for bdk in ("true", "false"):
+        rows.append(f"ours:bdk={bdk}")
+        rows += [f"ours:bdk={bdk},repair={eta}" for eta in ("1e-6", "1e-5", "1e-4", "1e-3", "1e-2", "1e-1")]
+    return rows
+
+
+def _table9_rows() -> list[str]:
+    return [f"ours:bdk={bdk},alpha={a},beta={b}" for bdk in ("true", "false") for b in (-1, 0, 1) for a in (-1, 0, 1)]
+
+
+def _figure4_rows() -> list[str]:
+    return [f"ours:bdk={bdk},bn={bn},lam={lam},gamma={gamma}"
+            for bdk in ("true", "false") for bn in ("fixed", "update")
+            for lam in (0.5, 1.0, 1.5) for gamma in (0.0, 0.25, 0.5, 1.0)]
+
+
+TABLE7_ROWS = ["actft", "baeraser", "ours", "ours:repair=0.01", "basicft", "nad",
+               "ours:bdk=false", "ours:bdk=false,repair=0.01", "retrain"]
+
+SWEEPS: dict[str, Sweep] = {s.name: s for s in (
+    Sweep("table7", "Table 7: every method at n = 5, 50, 500, 5000 (sizes above the pool are dropped)",
+          TABLE7_ROWS, [5, 50, 500, 5000]),
+    Sweep("table8", "Table 8: repair learning rate η, with and without backdoor knowledge", _table8_rows(), [500]),
+    Sweep("table9", "Table 9: Score for α, β ∈ {−1, 0, 1}, with and without backdoor knowledge", _table9_rows(), [500]),
+    Sweep("table10", "Table 10: Score per backdoor target class 0–9",
+          ["actft", "baeraser", "ours", "basicft", "nad", "ours:bdk=false"], [500], list(range(10))),
+    Sweep("figure4", "Figure 4: λ × γ × BN mode, with and without backdoor knowledge", _figure4_rows(), [500]),
+)}
