@@ -139,7 +139,9 @@ def find_cached_run(digest: str) -> str | None:
         return None
     runs = client.search_runs(
         experiment_ids,
-        filter_string=f"tags.`{HASH_TAG}` = '{digest}' and attributes.status = 'FINISHED'",
+        # Defense runs carry the victim's hash too (to link to it): match victim runs only.
+        filter_string=(f"tags.`{HASH_TAG}` = '{digest}' and tags.`{KIND_TAG}` = 'victim' "
+                       "and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )

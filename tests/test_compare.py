@@ -106,6 +106,11 @@ def test_comparison_creates_parent_and_nested_runs(store, test_defenses, tmp_pat
     assert len(failed) == 4 and all(r.info.status == "FAILED" for r in failed)
     assert all("this defense always fails" in r.data.tags["bdtool.error"] for r in failed)
 
+    # The defended models logged under the victim's hash must never be taken for the victim.
+    from bdtool.core.victim import find_cached_run
+
+    assert find_cached_run(parent.data.tags["bdtool.victim_hash"]) == victim_run_id
+
     summary = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert summary >= {"summary/summary.md", "summary/summary.csv", "summary/summary.json",
                        "summary/asr_acc_ctca.png", "summary/score_vs_n.png"}
