@@ -166,3 +166,27 @@ def test_trigger_defense_with_bdk_false_is_refused(store, test_defenses):
         assert result.exit_code != 0 and "cannot run with bdk=false" in result.stderr
     finally:
         registry._entries.pop(NeedsTrigger.name, None)
+
+
+def test_ctrl_c_marks_runs_killed_and_reports_nothing(store, test_defenses):
+    class Interrupted(Defense):
+        name = "test-interrupt"
+        label = "Interrupt"
+
+        def apply(self, model, ctx):
+            raise KeyboardInterrupt
+
+    registry = get_registries().defenses
+    registry.register(Interrupted.name, Interrupted, source="tests")
+    try:
+        result = store.invoke("--defense", "test-shrink", "--defense", "test-interrupt", "--samples", "5",
+                              "--seeds", "1", "--no-log-models")
+    finally:
+        registry._entries.pop(Interrupted.name, None)
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr and "Score" not in result.stdout
+    client, runs = store.runs()
+    status = {r.data.tags.get("bdtool.defense", r.data.tags.get("bdtool.kind")): r.info.status for r in runs}
+    assert status == {"test-shrink": "FINISHED", "test-interrupt": "KILLED", "comparison": "KILLED"}
+    parent = next(r for r in runs if r.data.tags.get("bdtool.kind") == "comparison")
+    assert client.list_artifacts(parent.info.run_id, "summary") == []

@@ -1,4 +1,4 @@
-"""Every hook is documented and every built-in component is listed by `bdtool list` docs."""
+"""Every hook is documented in docs/plugins.md (an idea from datasette's test_docs)."""
 
 from pathlib import Path
 
