@@ -104,7 +104,8 @@ class DefenseContext:
     target_class: int | None = None
     """The target label, known to the defender in the `target` threat model (not the trigger)."""
     draw_unlearn: Callable[[int | None], LabeledTensors] | None = None
-    """Draws n samples from the unseen pool, optionally only of one class (same n, same seed)."""
+    """Draws n samples from the unseen pool, optionally only of one class (same n, same seed; all
+    of that class's samples when the pool holds fewer than n)."""
     train: LabeledTensors | None = None
     train_recipe: "TrainConfig | None" = None
     progress: ProgressFn = _no_progress

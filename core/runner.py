@@ -176,7 +176,7 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
             seed=seed,
             attack=victim.attack if row.bdk else None,
             target_class=victim.attack.target_class,
-            draw_unlearn=lambda only_class=None: data.draw_unlearn(n, seed, only_class),
+            draw_unlearn=data.unlearn_drawer(n, seed),
             train=data.clean_train() if row.defense_cls.needs_training_set else None,
             train_recipe=victim.train_config if row.defense_cls.needs_training_set else None,
             progress=lambda label, d, t: progress(f"  {row.label}: {label}", d, t),

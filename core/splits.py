@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -113,6 +113,21 @@ class ExperimentData:
 
     def draw_unlearn(self, n: int, seed: int, only_class: int | None = None) -> LabeledTensors:
         return self.pool.subset(draw_stratified(self.pool.y, n, seed, only_class))
+
+    def unlearn_drawer(self, n: int, seed: int) -> Callable[[int | None], LabeledTensors]:
+        """The ``DefenseContext.draw_unlearn`` of one (n, seed): n pool samples, or with a class
+        only that class's samples -- all of them when the pool holds fewer than n (digits has 27
+        per class), so a defense restricted to one class still runs; it logs how many it used."""
+
+        def draw(only_class: int | None = None) -> LabeledTensors:
+            size = n
+            if only_class is not None:
+                size = min(n, int((self.pool.y == only_class).sum()))
+                if size == 0:
+                    raise BdtoolError(f"the unseen pool holds no image of class {only_class}")
+            return self.draw_unlearn(size, seed, only_class)
+
+        return draw
 
 
 def prepare_experiment(bundle, attack: "Attack", rate: float, seed: int) -> ExperimentData:

@@ -47,7 +47,7 @@ def make_context(digits_victim):
             seed=seed,
             attack=digits_victim.attack if bdk else None,
             target_class=digits_victim.attack.target_class,
-            draw_unlearn=lambda only_class=None: data.draw_unlearn(n, seed, only_class),
+            draw_unlearn=data.unlearn_drawer(n, seed),
             train=data.clean_train() if with_train else None,
             train_recipe=digits_victim.train_config if with_train else None,
         )

@@ -55,3 +55,15 @@ def test_n_larger_than_pool_is_a_clear_error(digits_victim):
         draw_stratified(pool.y, len(pool) + 1, seed=0)
     with pytest.raises(BdtoolError, match="must be positive"):
         draw_stratified(pool.y, 0, seed=0)
+
+
+def test_unlearn_drawer_restricted_to_a_class_uses_what_the_pool_has(digits_victim):
+    data = digits_victim.data
+    available = int((data.pool.y == 0).sum())
+    draw = data.unlearn_drawer(n=available + 20, seed=0)
+    only_target = draw(0)
+    assert len(only_target) == available and (only_target.y == 0).all()
+    assert len(data.unlearn_drawer(n=5, seed=0)(0)) == 5
+    with pytest.raises(BdtoolError, match="unseen pool has only"):
+        # without a class restriction, n larger than the pool stays an error
+        data.unlearn_drawer(n=len(data.pool) + 1, seed=0)(None)
