@@ -95,14 +95,15 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], victim, command: str) -> str:
-    b = victim.before
+def markdown(rows: list[dict], before, command: str, threads: int) -> str:
+    b = before
     lines = [
         "# Baselines on Fashion-MNIST (small CNN, BadNets 3×3 white patch, target 0, 5% poison)",
         "",
         f"Victim before defense: ACC {100 * b.acc:.2f}, ASR {100 * b.asr:.2f}, CTCA {100 * b.ctca:.2f} "
         f"(evaluation half, {b.n_eval} images). Mean ± std over seeds; ASR/ACC/CTCA in %, time in s "
-        "(2 CPU cores, defense alone).",
+        f"(CPU, {threads} torch thread(s), defense alone; the 2-core machine was shared with other "
+        "jobs, so times are inflated and noisy — compare orders of magnitude).",
         "",
         f"Command: `{command}`",
         "",
@@ -170,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(
         {"command": command, "victim": victim_info, "samples": samples, "seeds": seeds, "summary": summary,
          "runs": runs, "torch": torch.__version__, "threads": args.threads}, indent=1))
-    out.with_suffix(".md").write_text(markdown(summary, victim, command))
+    out.with_suffix(".md").write_text(markdown(summary, victim.before, command, args.threads))
     out.with_suffix(".partial.json").unlink(missing_ok=True)
-    print(markdown(summary, victim, command))
+    print(markdown(summary, victim.before, command, args.threads))
     return 0
 
 
