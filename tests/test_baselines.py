@@ -167,7 +167,6 @@ def test_baeraser_stops_early_once_the_unlearning_asr_is_low(digits_victim, make
     assert result.asr <= 0.2
 
 
-@pytest.mark.slow
 def test_retrain_removes_the_backdoor(digits_victim, make_context):
     cls = get_registries().defenses.get("retrain")
     ctx = make_context(n=5, bdk=False, with_train=True)
