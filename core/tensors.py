@@ -29,10 +29,18 @@ class LabeledTensors:
         return LabeledTensors(self.x.to(device), self.y.to(device))
 
     def batches(
-        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+        min_last: int = 1,
     ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches of ``batch_size``; a trailing batch smaller than ``min_last`` is merged into the
+        one before it. Training passes ``min_last=2``: a one-sample batch breaks BatchNorm layers
+        in training mode that have no spatial extent (BatchNorm1d)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        starts = list(range(0, n, batch_size))
+        if len(starts) > 1 and n - starts[-1] < min_last:
+            starts.pop()
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else n
+            idx = order[start:end]
             yield self.x[idx], self.y[idx]

@@ -53,7 +53,7 @@ def train_supervised(
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(1, config.epochs + 1):
         total, count = 0.0, 0
-        for xb, yb in data.batches(config.batch_size, shuffle=True, generator=gen):
+        for xb, yb in data.batches(config.batch_size, shuffle=True, generator=gen, min_last=2):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)

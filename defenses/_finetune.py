@@ -18,22 +18,10 @@ from bdtool.core.tensors import LabeledTensors
 from bdtool.core.training import EpochHook
 
 
-def safe_batch_size(n: int, batch_size: int) -> int:
-    """``batch_size`` capped at ``n`` and nudged so that no batch holds a single sample.
-
-    A one-sample batch breaks BatchNorm layers in training mode that have no spatial extent
-    (BatchNorm1d); with n=5 and batch size 64 the whole set is one batch of 5.
-    """
-    b = max(1, min(batch_size, n))
-    while n > 1 and b < n and n % b == 1:
-        b += 1
-    return b
-
-
 def seeded_batches(data: LabeledTensors, batch_size: int, generator: torch.Generator,
                    device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """One shuffled epoch of ``data`` in batches of :func:`safe_batch_size`, moved to ``device``."""
-    for xb, yb in data.batches(safe_batch_size(len(data), batch_size), shuffle=True, generator=generator):
+    """One shuffled epoch of ``data``, moved to ``device``; never a one-sample batch."""
+    for xb, yb in data.batches(batch_size, shuffle=True, generator=generator, min_last=2):
         yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
 

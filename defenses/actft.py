@@ -60,7 +60,7 @@ class ActualTriggerFineTuning(Defense):
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
         assert ctx.attack is not None  # Defense.defend refuses to run without it
         data = with_stamped_copies(ctx.unlearn, ctx.attack, self.params.copies, self.name)
-        config = self.params.train_config(len(data))
+        config = self.params.train_config()
         train_supervised(model, data, config, ctx.device, ctx.seed, ctx.progress,
                          epoch_logger(ctx, "actft.loss"), label="actFT fine-tuning")
         check_finite(model, self.name)

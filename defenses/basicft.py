@@ -19,7 +19,7 @@ from torch import nn
 import bdtool
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.training import TrainConfig, train_supervised
-from bdtool.defenses._finetune import check_finite, epoch_logger, safe_batch_size
+from bdtool.defenses._finetune import check_finite, epoch_logger
 
 
 @dataclass
@@ -45,9 +45,9 @@ class FineTuneParams:
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
 
-    def train_config(self, n: int) -> TrainConfig:
+    def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, momentum=self.momentum,
-                           weight_decay=self.weight_decay, batch_size=safe_batch_size(n, self.batch_size),
+                           weight_decay=self.weight_decay, batch_size=self.batch_size,
                            schedule=self.schedule)
 
 
@@ -62,7 +62,7 @@ class BasicFineTuning(Defense):
     Params = FineTuneParams
 
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
-        config = self.params.train_config(len(ctx.unlearn))
+        config = self.params.train_config()
         train_supervised(model, ctx.unlearn, config, ctx.device, ctx.seed, ctx.progress,
                          epoch_logger(ctx, "basicft.loss"), label="basicFT fine-tuning")
         check_finite(model, self.name)

@@ -32,7 +32,7 @@ import bdtool
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.training import TrainConfig, train_supervised
-from bdtool.defenses._finetune import check_finite, epoch_logger, safe_batch_size, seeded_batches
+from bdtool.defenses._finetune import check_finite, epoch_logger, seeded_batches
 from bdtool.defenses.layer_groups import resolve_layers
 
 
@@ -124,12 +124,10 @@ class NeuralAttentionDistillation(Defense):
                 f"nad: {len(params.betas)} betas for {len(layers)} automatically chosen layers ({', '.join(layers)}); "
                 "give one beta or name the layers"
             )
-        n = len(ctx.unlearn)
-
         # 1. Teacher: fine-tuned copy.
         teacher = copy.deepcopy(model)
         teacher_cfg = TrainConfig(epochs=params.teacher_epochs, lr=params.teacher_lr, momentum=params.momentum,
-                                  weight_decay=params.weight_decay, batch_size=safe_batch_size(n, params.batch_size),
+                                  weight_decay=params.weight_decay, batch_size=params.batch_size,
                                   schedule="constant")
         train_supervised(teacher, ctx.unlearn, teacher_cfg, ctx.device, ctx.seed, ctx.progress,
                          epoch_logger(ctx, "nad.teacher_loss"), label="NAD teacher fine-tuning")

@@ -22,7 +22,7 @@ import bdtool
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.training import TrainConfig, train_supervised
-from bdtool.defenses._finetune import check_finite, epoch_logger, safe_batch_size
+from bdtool.defenses._finetune import check_finite, epoch_logger
 
 
 @dataclass
@@ -81,7 +81,6 @@ class Retraining(Defense):
         base = ctx.train_recipe if ctx.train_recipe is not None else TrainConfig()
         overrides = {k: v for k, v in vars(self.params).items() if v is not None}
         config = replace(base, **overrides)
-        config.batch_size = safe_batch_size(len(ctx.train), config.batch_size)
         return config
 
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:

@@ -266,12 +266,15 @@ def test_nad_with_explicit_layers_and_betas(digits_victim, make_context):
         cls.make_params({"layers": "features.5", "betas": "1+2"})
 
 
-def test_safe_batch_size_never_leaves_one_sample():
-    from bdtool.defenses._finetune import safe_batch_size
+def test_training_batches_never_leave_one_sample():
+    import torch
 
-    assert safe_batch_size(5, 64) == 5
-    assert safe_batch_size(65, 64) != 64 and 65 % safe_batch_size(65, 64) != 1
-    assert safe_batch_size(1, 64) == 1
-    for n in range(2, 300):
-        b = safe_batch_size(n, 16)
-        assert n % b != 1
+    from bdtool.core.tensors import LabeledTensors
+
+    for n in range(1, 300):
+        data = LabeledTensors(torch.zeros(n, 1, 2, 2), torch.zeros(n, dtype=torch.long))
+        sizes = [len(y) for _, y in data.batches(16, shuffle=True, generator=torch.Generator().manual_seed(0), min_last=2)]
+        assert sum(sizes) == n
+        assert n == 1 or 1 not in sizes
+    five = LabeledTensors(torch.zeros(5, 1, 2, 2), torch.zeros(5, dtype=torch.long))
+    assert [len(y) for _, y in five.batches(64, min_last=2)] == [5]
