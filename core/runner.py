@@ -102,13 +102,12 @@ def run_comparison(config: CompareConfig, env: RunEnv, registries) -> Comparison
     experiment_id = tracking.ensure_experiment(env.experiment, uri)
     total = len(config.rows) * len(config.samples) * config.seeds
     outcomes: list[RunOutcome] = []
-    parent = mlflow.start_run(
+    with tracking.tracked_run(
         experiment_id=experiment_id,
         run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
         tags={COMPARISON_TAG: "comparison", "bdtool.victim_run_id": victim.run_id,
               "bdtool.victim_hash": victim.config_hash, **tracking.standard_tags(env.device)},
-    )
-    try:
+    ) as parent:
         tracking.log_params_flat({
             "dataset": config.spec.dataset, "model": config.spec.model, "attack": config.spec.attack,
             "target": config.spec.target, "poison_rate": config.spec.poison_rate,
@@ -131,13 +130,6 @@ def run_comparison(config: CompareConfig, env: RunEnv, registries) -> Comparison
             paths = write_report(summary, Path(tmp))
             mlflow.log_artifacts(tmp, artifact_path="summary")
             artifacts = {k: f"summary/{Path(v).name}" for k, v in paths.items()}
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
-    mlflow.end_run("FINISHED")
     return ComparisonResult(victim, config, outcomes, parent.info.run_id, artifacts)
 
 

@@ -13,8 +13,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import torch
@@ -65,6 +66,24 @@ def ensure_experiment(name: str, uri: str) -> str:
     if exp is not None:
         return exp.experiment_id
     return mlflow.create_experiment(name, artifact_location=artifact_root_for(uri))
+
+
+@contextmanager
+def tracked_run(**start_run_kwargs: Any) -> Iterator[Any]:
+    """``mlflow.start_run`` that always ends the run with the right status: FINISHED, FAILED on an
+    exception, KILLED on Ctrl-C (DESIGN.md §10); the exception propagates."""
+    import mlflow
+
+    run = mlflow.start_run(**start_run_kwargs)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
 
 
 def git_commit() -> str | None:

@@ -183,9 +183,8 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
 
     seed_everything(spec.seed)
     model = build_model(spec.model, bundle)  # re-created under the seed
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=f"victim {spec.dataset}/{spec.model}/{spec.attack}",
-                           tags={KIND_TAG: "victim", **tracking.standard_tags(env.device)})
-    try:
+    with tracking.tracked_run(experiment_id=experiment_id, run_name=f"victim {spec.dataset}/{spec.model}/{spec.attack}",
+                              tags={KIND_TAG: "victim", **tracking.standard_tags(env.device)}) as run:
         tracking.log_params_flat({
             "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
             "poison_rate": spec.poison_rate, "seed": spec.seed, "n_train": len(data.train),
@@ -212,11 +211,4 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
         tracking.log_model(model, data.evaluation.x, "model")
         # The hash tag is set last: only a completely logged victim is ever found by the cache.
         mlflow.set_tag(HASH_TAG, digest)
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
-    mlflow.end_run("FINISHED")
     return Victim(spec, digest, attack, bundle, data, model, before, run.info.run_id, False, seconds, train_config)

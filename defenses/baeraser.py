@@ -41,6 +41,7 @@ import bdtool
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.metrics import predict
+from bdtool.core.training import check_sgd
 from bdtool.defenses._finetune import check_finite, seeded_batches, set_batchnorm_eval, stamp
 
 
@@ -66,14 +67,7 @@ class BaEraserParams:
     """Measure the ASR on triggered D_U every this many optimisation steps (and after each epoch)."""
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ValueError("epochs must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError("momentum must be in [0, 1)")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        check_sgd(epochs=self.epochs, lr=self.lr, momentum=self.momentum, batch_size=self.batch_size)
         if self.alpha < 0 or self.l1_lambda < 0:
             raise ValueError("alpha and l1_lambda must be >= 0")
         if self.check_every < 1:

@@ -34,16 +34,7 @@ class FineTuneParams:
     schedule: Literal["constant", "cosine"] = "constant"
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ValueError("epochs must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError("momentum must be in [0, 1)")
-        if self.weight_decay < 0:
-            raise ValueError("weight_decay must be >= 0")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        self.train_config().validate()
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, momentum=self.momentum,

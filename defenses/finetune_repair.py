@@ -9,7 +9,6 @@ decay are our reconstruction (DESIGN.md §2, docs/method.md "Repair").
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,7 +16,7 @@ from torch import nn
 
 import bdtool
 from bdtool.core.interfaces import DefenseContext, Repair
-from bdtool.core.training import TrainConfig, train_supervised
+from bdtool.core.training import TrainConfig, check_sgd, train_supervised
 
 
 @dataclass
@@ -33,14 +32,7 @@ class FinetuneRepairParams:
     """Batch size = min(n, max_batch_size)."""
 
     def validate(self) -> None:
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_sgd(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 import bdtool
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
-from bdtool.core.training import TrainConfig, train_supervised
+from bdtool.core.training import TrainConfig, check_sgd, train_supervised
 from bdtool.defenses._finetune import check_finite, epoch_logger, seeded_batches
 from bdtool.defenses.layer_groups import resolve_layers
 
@@ -56,18 +56,14 @@ class NADParams:
     """Module names to distil; empty = chosen automatically (see layer_groups)."""
 
     def validate(self) -> None:
-        if self.teacher_epochs < 1 or self.epochs < 1:
-            raise ValueError("teacher_epochs and epochs must be >= 1")
-        if self.teacher_lr <= 0 or self.lr <= 0:
-            raise ValueError("teacher_lr and lr must be > 0")
+        try:
+            check_sgd(epochs=self.teacher_epochs, lr=self.teacher_lr)
+        except ValueError as exc:
+            raise ValueError(f"teacher_{exc}") from None
+        check_sgd(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                  batch_size=self.batch_size)
         if self.lr_drop_epoch < 0:
             raise ValueError("lr_drop_epoch must be >= 0")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError("momentum must be in [0, 1)")
-        if self.weight_decay < 0:
-            raise ValueError("weight_decay must be >= 0")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
         if self.p <= 0:
             raise ValueError("p must be > 0")
         if not self.betas or any(b < 0 for b in self.betas):

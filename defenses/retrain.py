@@ -21,7 +21,7 @@ from torch import nn
 import bdtool
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
-from bdtool.core.training import TrainConfig, train_supervised
+from bdtool.core.training import TrainConfig, check_sgd, train_supervised
 from bdtool.defenses._finetune import check_finite, epoch_logger
 
 
@@ -35,12 +35,7 @@ class RetrainParams:
     schedule: Literal["cosine", "constant"] | None = None
 
     def validate(self) -> None:
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError("epochs must be >= 1")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError("lr must be > 0")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        check_sgd(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
 
 
 def reinitialise(model: nn.Module, owner: str = "retrain") -> nn.Module:
