@@ -89,8 +89,10 @@ def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareCo
         "ctca": Stat(before.ctca, 0.0), "min_class_acc": Stat(before.min_class_acc, 0.0),
         "time_s": Stat(victim.train_seconds if not victim.reused else float("nan"), 0.0)}, 1, 0)
     rows: list[SummaryRow] = []
+    from bdtool.core.runner import row_sizes
+
     for row in config.rows:
-        for n in config.samples:
+        for n in row_sizes(row, config, victim):
             group = [o for o in outcomes if o.label == row.label and o.n == n]
             ok = [o for o in group if o.result is not None]
             times = [o.defense_time_s + (o.repair_time_s or 0.0) for o in ok]

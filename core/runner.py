@@ -71,6 +71,15 @@ class ComparisonResult:
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
+def row_sizes(row: RowSpec, config: CompareConfig, victim: Victim) -> list[int]:
+    """The n of each run of ``row``: the requested sample sizes, or, for a defense that trains on
+    the training set and ignores D_U (retraining), one run whose n is the clean training-set size
+    (the supplement's Table 7 lists "Retraining 47500")."""
+    if row.defense_cls.needs_training_set:
+        return [len(victim.data.train) - len(victim.data.poisoned_indices)]
+    return list(config.samples)
+
+
 def validate_samples(samples: list[int], pool_size: int) -> None:
     for n in samples:
         if n <= 0:
@@ -100,7 +109,7 @@ def run_comparison(config: CompareConfig, env: RunEnv, registries) -> Comparison
     victim = get_victim(config.spec, env, bundle=bundle)
     uri = tracking.setup_tracking(env.tracking_uri)
     experiment_id = tracking.ensure_experiment(env.experiment, uri)
-    total = len(config.rows) * len(config.samples) * config.seeds
+    total = sum(len(row_sizes(row, config, victim)) for row in config.rows) * config.seeds
     outcomes: list[RunOutcome] = []
     with tracking.tracked_run(
         experiment_id=experiment_id,
@@ -119,7 +128,7 @@ def run_comparison(config: CompareConfig, env: RunEnv, registries) -> Comparison
                             "before_ctca": victim.before.ctca, "before_min_class_acc": victim.before.min_class_acc})
         done = 0
         for row in config.rows:
-            for n in config.samples:
+            for n in row_sizes(row, config, victim):
                 for seed in range(config.seeds):
                     env.progress(f"compare ({row.label}, n={n}, seed={seed})", done, total)
                     outcomes.append(_run_one(row, n, seed, victim, env, experiment_id, repair_cls, config.log_models))
@@ -162,13 +171,14 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
             mlflow.log_metric(key, float(value), step=step)
 
         ctx = DefenseContext(
-            unlearn=data.draw_unlearn(n, seed),
+            # A defense that trains on the training set gets no D_U (its n is the training-set size).
+            unlearn=data.pool.subset([]) if row.defense_cls.needs_training_set else data.draw_unlearn(n, seed),
             num_classes=data.num_classes,
             device=env.device,
             seed=seed,
             attack=victim.attack if row.bdk else None,
             target_class=victim.attack.target_class,
-            draw_unlearn=data.unlearn_drawer(n, seed),
+            draw_unlearn=None if row.defense_cls.needs_training_set else data.unlearn_drawer(n, seed),
             train=data.clean_train() if row.defense_cls.needs_training_set else None,
             train_recipe=victim.train_config if row.defense_cls.needs_training_set else None,
             progress=lambda label, d, t: progress(f"  {row.label}: {label}", d, t),

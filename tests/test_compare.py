@@ -190,3 +190,28 @@ def test_ctrl_c_marks_runs_killed_and_reports_nothing(store, test_defenses):
     assert status == {"test-shrink": "FINISHED", "test-interrupt": "KILLED", "comparison": "KILLED"}
     parent = next(r for r in runs if r.data.tags.get("bdtool.kind") == "comparison")
     assert client.list_artifacts(parent.info.run_id, "summary") == []
+
+
+def test_training_set_defense_runs_once_per_seed_with_n_the_training_size(store, digits_victim):
+    class UsesTrainingSet(Defense):
+        name = "test-uses-train"
+        label = "UsesTrain"
+        needs_training_set = True
+
+        def apply(self, model, ctx):
+            assert len(ctx.unlearn) == 0 and ctx.train is not None and ctx.draw_unlearn is None
+            return model
+
+    registry = get_registries().defenses
+    registry.register(UsesTrainingSet.name, UsesTrainingSet, source="tests")
+    try:
+        result = store.invoke("--defense", "test-uses-train", "--samples", "5", "--samples", "50", "--seeds", "2",
+                              "--json", "--no-log-models")
+    finally:
+        registry._entries.pop(UsesTrainingSet.name, None)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["rows"]
+    clean = len(digits_victim.data.train) - len(digits_victim.data.poisoned_indices)
+    assert row["n"] == clean and row["seeds_ok"] == 2
+    _, runs = store.runs()
+    assert len([r for r in runs if r.data.tags.get("bdtool.kind") == "defense"]) == 2
