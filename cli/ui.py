@@ -41,17 +41,36 @@ def ui(port: int, tracking_uri: str | None) -> None:
 
     uri = resolve_tracking_uri(tracking_uri)
     setup_tracking(uri)
+    # Our own handlers: a process started in the background by a shell inherits SIGINT as
+    # *ignored*, and then Ctrl-C or `kill -INT` would never reach Python as KeyboardInterrupt.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    # The server gets its own session so that stopping it stops its uvicorn worker too.
     proc = subprocess.Popen(server_command(uri, port), env=server_env(), start_new_session=True)
-    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (server pid {proc.pid}; Ctrl-C to stop)")
     try:
         code = proc.wait()
     except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_server(proc)
         click.echo("stopped")
         return
     if code != 0:
         raise click.ClickException(f"the MLflow server exited with code {code}")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_server(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it is still there after ``grace`` s."""
+    for sig, timeout in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,7 +1,9 @@
 """`bdtool ui` really serves the comparison's runs (slow: the MLflow server takes ~10 s to start)."""
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -53,9 +55,14 @@ def test_ui_serves_the_runs_of_a_comparison(mlflow_store, digits_victim):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            output, _ = proc.communicate(timeout=30)
+            output, _ = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+            output, _ = proc.communicate()
+            match = re.search(r"server pid (\d+)", output)
+            if match:  # never leave a server behind, even when the test fails
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(match.group(1)), signal.SIGKILL)
             raise
     assert proc.returncode == 0
     assert f"http://127.0.0.1:{port}" in output and "stopped" in output
