@@ -43,6 +43,11 @@ class Registry(Generic[T]):
             )
         self._entries[name] = Entry(name, obj, source)
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests; a plugin loaded in-process and taken back)."""
+        self.entry(name)
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         return self.entry(name).obj
 

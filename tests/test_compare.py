@@ -42,13 +42,24 @@ class Exploding(Defense):
 
 
 @pytest.fixture
-def test_defenses():
+def register_defense():
+    """register_defense(cls): put an in-test defense in the registry until the test ends."""
     registry = get_registries().defenses
-    for cls in (ShrinkClassifier, Exploding):
+    added: list[str] = []
+
+    def register(cls):
         registry.register(cls.name, cls, source="tests")
-    yield
-    for cls in (ShrinkClassifier, Exploding):
-        registry._entries.pop(cls.name, None)
+        added.append(cls.name)
+
+    yield register
+    for name in added:
+        registry.unregister(name)
+
+
+@pytest.fixture
+def test_defenses(register_defense):
+    register_defense(ShrinkClassifier)
+    register_defense(Exploding)
 
 
 class Store:
@@ -147,7 +158,7 @@ def test_bad_specs_exit_nonzero_with_one_line_and_create_no_runs(store, test_def
     assert [r for r in runs if r.data.tags.get("bdtool.kind") in ("comparison", "defense")] == []
 
 
-def test_trigger_defense_with_bdk_false_is_refused(store, test_defenses):
+def test_trigger_defense_with_bdk_false_is_refused(store, register_defense):
     class NeedsTrigger(Defense):
         name = "test-needs-trigger"
         label = "NT"
@@ -156,19 +167,15 @@ def test_trigger_defense_with_bdk_false_is_refused(store, test_defenses):
         def apply(self, model, ctx):
             return model
 
-    registry = get_registries().defenses
-    registry.register(NeedsTrigger.name, NeedsTrigger, source="tests")
-    try:
-        result = store.invoke("--defense", "test-needs-trigger:bdk=false")
-        assert result.exit_code != 0
-        assert "needs backdoor knowledge" in result.stderr
-        result = store.invoke("--defense", "test-needs-trigger", "--knowledge", "none")
-        assert result.exit_code != 0 and "cannot run with bdk=false" in result.stderr
-    finally:
-        registry._entries.pop(NeedsTrigger.name, None)
+    register_defense(NeedsTrigger)
+    result = store.invoke("--defense", "test-needs-trigger:bdk=false")
+    assert result.exit_code != 0
+    assert "needs backdoor knowledge" in result.stderr
+    result = store.invoke("--defense", "test-needs-trigger", "--knowledge", "none")
+    assert result.exit_code != 0 and "cannot run with bdk=false" in result.stderr
 
 
-def test_ctrl_c_marks_runs_killed_and_reports_nothing(store, test_defenses):
+def test_ctrl_c_marks_runs_killed_and_reports_nothing(store, test_defenses, register_defense):
     class Interrupted(Defense):
         name = "test-interrupt"
         label = "Interrupt"
@@ -176,13 +183,9 @@ def test_ctrl_c_marks_runs_killed_and_reports_nothing(store, test_defenses):
         def apply(self, model, ctx):
             raise KeyboardInterrupt
 
-    registry = get_registries().defenses
-    registry.register(Interrupted.name, Interrupted, source="tests")
-    try:
-        result = store.invoke("--defense", "test-shrink", "--defense", "test-interrupt", "--samples", "5",
-                              "--seeds", "1", "--no-log-models")
-    finally:
-        registry._entries.pop(Interrupted.name, None)
+    register_defense(Interrupted)
+    result = store.invoke("--defense", "test-shrink", "--defense", "test-interrupt", "--samples", "5",
+                          "--seeds", "1", "--no-log-models")
     assert result.exit_code == 130
     assert "interrupted" in result.stderr and "Score" not in result.stdout
     client, runs = store.runs()
@@ -192,7 +195,7 @@ def test_ctrl_c_marks_runs_killed_and_reports_nothing(store, test_defenses):
     assert client.list_artifacts(parent.info.run_id, "summary") == []
 
 
-def test_training_set_defense_runs_once_per_seed_with_n_the_training_size(store, digits_victim):
+def test_training_set_defense_runs_once_per_seed_with_n_the_training_size(store, digits_victim, register_defense):
     class UsesTrainingSet(Defense):
         name = "test-uses-train"
         label = "UsesTrain"
@@ -202,13 +205,9 @@ def test_training_set_defense_runs_once_per_seed_with_n_the_training_size(store,
             assert len(ctx.unlearn) == 0 and ctx.train is not None and ctx.draw_unlearn is None
             return model
 
-    registry = get_registries().defenses
-    registry.register(UsesTrainingSet.name, UsesTrainingSet, source="tests")
-    try:
-        result = store.invoke("--defense", "test-uses-train", "--samples", "5", "--samples", "50", "--seeds", "2",
-                              "--json", "--no-log-models")
-    finally:
-        registry._entries.pop(UsesTrainingSet.name, None)
+    register_defense(UsesTrainingSet)
+    result = store.invoke("--defense", "test-uses-train", "--samples", "5", "--samples", "50", "--seeds", "2",
+                          "--json", "--no-log-models")
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)["rows"]
     clean = len(digits_victim.data.train) - len(digits_victim.data.poisoned_indices)
