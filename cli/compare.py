@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import click
@@ -15,10 +12,10 @@ from bdtool.cli.options import env_options, victim_options
 
 
 def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowledge: str, spec, env, output: str | None,
-                       json_: bool, log_models: bool, registries, echo: bool = True) -> dict[str, Any]:
+                       json_: bool, log_models: bool, registries) -> dict[str, Any]:
     """Validate the rows, run the comparison, print the table (or nothing with --json), write
     ``--output`` files, and return the summary as a dict (with ``parent_run_id``)."""
-    from bdtool.core.report import aggregate, format_text_table, write_report
+    from bdtool.core.report import format_text_table
     from bdtool.core.rows import parse_rows
     from bdtool.core.runner import CompareConfig, run_comparison
 
@@ -27,22 +24,17 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     registries.datasets.get(spec.dataset)
     registries.models.get(spec.model)
     registries.attacks.get(spec.attack)
-    config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models)
+    config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models,
+                           output_dir=output)
     try:
         result = run_comparison(config, env, registries)
     except KeyboardInterrupt:
         click.echo("interrupted: open MLflow runs were marked KILLED; no results were reported", err=True)
         sys.exit(130)
-    summary = aggregate(result.victim, result.outcomes, config)
-    if output:
-        with tempfile.TemporaryDirectory() as tmp:
-            written = write_report(summary, Path(tmp))
-            Path(output).mkdir(parents=True, exist_ok=True)
-            for path in written.values():
-                shutil.copy2(path, Path(output) / Path(path).name)
+    summary = result.summary
     payload = summary.to_dict()
     payload["parent_run_id"] = result.parent_run_id
-    if json_ or not echo:
+    if json_:
         return payload
     click.echo(format_text_table(summary))
     for r in summary.rows:

@@ -8,13 +8,13 @@ copy of the victim with the same D_U for a given (n, seed). A row that raises is
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 
 from bdtool.core.device import seed_everything, timed
 from bdtool.core.errors import BdtoolError
@@ -23,6 +23,9 @@ from bdtool.core.metrics import EvalResult, evaluate, score
 from bdtool.core.rows import REPAIR_NAME, RowSpec
 from bdtool.core.splits import split_test
 from bdtool.core.victim import RunEnv, Victim, VictimSpec, get_victim, load_dataset
+
+if TYPE_CHECKING:
+    from bdtool.core.report import Summary
 
 COMPARISON_TAG = "bdtool.kind"
 
@@ -34,6 +37,8 @@ class CompareConfig:
     samples: list[int] = field(default_factory=lambda: [50])
     seeds: int = 3
     log_models: bool = True
+    output_dir: str | None = None
+    """Also copy the summary (Markdown, CSV, JSON, plots) here, as logged to the parent run."""
 
 
 @dataclass
@@ -68,7 +73,7 @@ class ComparisonResult:
     config: CompareConfig
     outcomes: list[RunOutcome]
     parent_run_id: str
-    artifacts: dict[str, str] = field(default_factory=dict)
+    summary: "Summary"
 
 
 def row_sizes(row: RowSpec, config: CompareConfig, victim: Victim) -> list[int]:
@@ -136,10 +141,11 @@ def run_comparison(config: CompareConfig, env: RunEnv, registries) -> Comparison
         env.progress("compare", total, total)
         summary = aggregate(victim, outcomes, config)
         with tempfile.TemporaryDirectory() as tmp:
-            paths = write_report(summary, Path(tmp))
+            write_report(summary, Path(tmp))
             mlflow.log_artifacts(tmp, artifact_path="summary")
-            artifacts = {k: f"summary/{Path(v).name}" for k, v in paths.items()}
-    return ComparisonResult(victim, config, outcomes, parent.info.run_id, artifacts)
+            if config.output_dir:
+                shutil.copytree(tmp, config.output_dir, dirs_exist_ok=True)
+    return ComparisonResult(victim, config, outcomes, parent.info.run_id, summary)
 
 
 def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, experiment_id: str,
@@ -157,12 +163,13 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
     )
     outcome.run_id = run.info.run_id
     try:
+        defense = row.make_defense()
         spec = victim.spec
         tracking.log_params_flat({
             "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
             "poison_rate": spec.poison_rate, "n": n, "seed": seed,
             "knowledge": "bdk" if row.bdk else "none", "defense": row.defense_name, "row": row.label,
-            "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in row.make_defense().params_dict().items()},
+            "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},
         })
         data = victim.data
         progress = env.progress
@@ -185,7 +192,6 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
             log_metric=log_metric,
         )
         seed_everything(seed)
-        defense = row.make_defense()
         with timed(env.device) as watch:
             model = defense.defend(victim.model, ctx)
         outcome.defense_time_s = watch.seconds

@@ -16,7 +16,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
