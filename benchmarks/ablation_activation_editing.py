@@ -41,8 +41,9 @@ import torch  # noqa: E402
 
 from bdtool.core.errors import BdtoolError  # noqa: E402
 from bdtool.core.interfaces import DefenseContext  # noqa: E402
-from bdtool.core.metrics import EvalResult, evaluate, score  # noqa: E402
-from bdtool.core.victim import RunEnv, Victim, VictimSpec, get_victim  # noqa: E402
+from bdtool.core.experiment.evaluation import evaluate, score
+from bdtool.core.results import EvalResult  # noqa: E402
+from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, get_victim  # noqa: E402
 from bdtool.defenses.activation_editing import ActivationEditing, infer_target_class  # noqa: E402
 from bdtool.defenses.finetune_repair import FinetuneRepair  # noqa: E402
 
@@ -74,7 +75,7 @@ def metrics(result: EvalResult, before: EvalResult) -> dict[str, float]:
 
 class Evaluator:
     """ACC/ASR/CTCA on the evaluation half or a fixed stratified subset of it (``per_class``
-    images per class), exactly as ``bdtool.core.metrics.evaluate`` computes them.
+    images per class), exactly as ``bdtool.core.experiment.evaluation.evaluate`` computes them.
 
     Speed-up without approximation: when every parameter and buffer of the model's ``features``
     block equals the victim's (edits confined to the head with BN statistics fixed), the features

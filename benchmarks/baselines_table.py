@@ -24,10 +24,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch
 
-from bdtool.core.device import timed
+from bdtool.core.compute.device import timed
 from bdtool.core.interfaces import DefenseContext
-from bdtool.core.metrics import evaluate, score
-from bdtool.core.victim import RunEnv, VictimSpec, get_victim
+from bdtool.core.experiment.evaluation import evaluate, score
+from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim
 from bdtool.plugins import get_registries
 
 RESULTS = Path(__file__).resolve().parent / "results"

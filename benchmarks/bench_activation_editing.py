@@ -32,7 +32,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import torch  # noqa: E402
 
 from bdtool.core.interfaces import DefenseContext  # noqa: E402
-from bdtool.core.victim import RunEnv, VictimSpec, get_victim  # noqa: E402
+from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim  # noqa: E402
 from bdtool.defenses.activation_editing import ActivationEditing  # noqa: E402
 
 CPU = torch.device("cpu")

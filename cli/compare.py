@@ -1,4 +1,4 @@
-"""``bdtool compare``: the main job (DESIGN.md §8)."""
+"""``bdtool compare``: the main job (README, "bdtool compare")."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from bdtool.cli.options import env_options, victim_options
 
 
 def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowledge: str, spec, env, output: str | None,
-                       json_: bool, log_models: bool, registries) -> dict[str, Any]:
+                       json_: bool, log_models: bool) -> dict[str, Any]:
     """Validate the rows, run the comparison, print the table (or nothing with --json), write
     ``--output`` files, and return the summary as a dict (with ``parent_run_id``)."""
-    from bdtool.core.report import format_text_table
-    from bdtool.core.rows import parse_rows
-    from bdtool.core.runner import CompareConfig, run_comparison
+    from bdtool.core.experiment.report import format_text_table
+    from bdtool.core.experiment.rows import parse_rows
+    from bdtool.core.experiment.runner import CompareConfig, run_comparison
 
+    registries = env.registries
     # Validate everything before any work starts or any run is created.
     rows = parse_rows(texts, default_bdk=(knowledge == "bdk"), registries=registries)
     registries.datasets.get(spec.dataset)
@@ -27,7 +28,7 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models,
                            output_dir=output)
     try:
-        result = run_comparison(config, env, registries)
+        result = run_comparison(config, env)
     except KeyboardInterrupt:
         click.echo("interrupted: open MLflow runs were marked KILLED; no results were reported", err=True)
         sys.exit(130)
@@ -61,14 +62,12 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
 def compare(defenses, samples, seeds, knowledge, output, no_log_models, dataset, model, attack, target, poison_rate,
             victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow."""
-    from bdtool.core.rows import default_row_texts
-    from bdtool.plugins import get_registries
+    from bdtool.core.experiment.rows import default_row_texts
 
-    registries = get_registries()
-    texts = list(defenses) or default_row_texts(registries)
     spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
+    texts = list(defenses) or default_row_texts(env.registries)
     payload = compare_and_report(texts, list(samples) or [50], seeds, knowledge, spec, env, output, json_,
-                                 not no_log_models, registries)
+                                 not no_log_models)
     if json_:
         emit_json(payload)

@@ -35,18 +35,19 @@ def main() -> None:
 
 def make_env(device: str, data_dir: str | None, download: bool, tracking_uri: str | None,
              experiment: str, quiet: bool):
-    from bdtool.core.device import resolve_device
-    from bdtool.core.progress import ProgressPrinter
-    from bdtool.core.victim import RunEnv
+    from bdtool.core.compute.device import resolve_device
+    from bdtool.core.experiment.progress import ProgressPrinter
+    from bdtool.core.experiment.victim import RunEnv
+    from bdtool.plugins import get_registries
 
-    return RunEnv(device=resolve_device(device), data_dir=data_dir, download=download,
+    return RunEnv(registries=get_registries(), device=resolve_device(device), data_dir=data_dir, download=download,
                   tracking_uri=tracking_uri, experiment=experiment,
                   progress=ProgressPrinter(enabled=not quiet))
 
 
 def make_spec(dataset: str, model: str, attack: str, target: int, poison_rate: float, victim_seed: int,
               epochs: int | None):
-    from bdtool.core.victim import VictimSpec
+    from bdtool.core.experiment.victim import VictimSpec
 
     name, _, options = attack.partition(":")
     return VictimSpec(dataset=dataset, model=model, attack=name,
@@ -65,7 +66,7 @@ def emit_json(payload: Any) -> None:
 def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download,
           tracking_uri, experiment, json_, retrain) -> None:
     """Train (or reuse) the poisoned victim model and log it to MLflow."""
-    from bdtool.core.victim import get_victim
+    from bdtool.core.experiment.victim import get_victim
 
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
@@ -87,7 +88,7 @@ def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, devi
                f"min-class {victim.before.min_class_acc:.4f}  (evaluation half: {len(victim.data.evaluation)} images)")
 
 
-KIND_ORDER = ("datasets", "models", "attacks", "defenses", "repairs", "metrics")
+KIND_ORDER = ("datasets", "models", "attacks", "defenses", "repairs", "metrics", "sweeps")
 
 
 def _component_row(attr: str, entry) -> dict[str, Any]:
@@ -95,6 +96,8 @@ def _component_row(attr: str, entry) -> dict[str, Any]:
 
     obj = entry.obj
     row: dict[str, Any] = {"name": entry.name, "plugin": entry.source, "description": getattr(obj, "description", "")}
+    if attr == "sweeps":
+        row.update(rows=list(obj.rows), samples=list(obj.samples), targets=list(obj.targets))
     if attr == "defenses":
         row.update(label=obj.label, requires_trigger=obj.requires_trigger, accepts_trigger=obj.accepts_trigger)
     if attr in ("defenses", "attacks", "repairs"):
@@ -108,7 +111,7 @@ def _component_row(attr: str, entry) -> dict[str, Any]:
 @click.argument("kind", required=False, type=click.Choice(KIND_ORDER))
 @click.option("json_", "--json", is_flag=True, help="Print JSON.")
 def list_components(kind: str | None, json_: bool) -> None:
-    """List datasets, models, attacks, defenses, repairs and metrics."""
+    """List datasets, models, attacks, defenses, repairs, metrics and sweeps."""
     from bdtool.plugins import get_registries
 
     regs = get_registries()

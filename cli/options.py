@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from bdtool.core.device import DEVICE_CHOICES
+from bdtool.core.compute.device import DEVICE_CHOICES
 
 F = Callable[..., Any]
 

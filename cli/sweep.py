@@ -9,11 +9,10 @@ import click
 from bdtool.cli.compare import compare_and_report
 from bdtool.cli.main import emit_json, main, make_env, make_spec
 from bdtool.cli.options import env_options, victim_options
-from bdtool.core.sweeps import SWEEPS
 
 
 @main.command()
-@click.argument("preset", type=click.Choice(sorted(SWEEPS)))
+@click.argument("preset", metavar="PRESET")
 @click.option("samples", "--samples", multiple=True, type=int, help="Override the preset's sample sizes.")
 @click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per (row, n).")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
@@ -23,14 +22,13 @@ from bdtool.core.sweeps import SWEEPS
 @env_options
 def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack, target, poison_rate, victim_seed,
           epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
-    """Run a named grid (table7, table8, table9, table10, figure4) as one comparison per target."""
-    from bdtool.core.splits import split_test
-    from bdtool.core.victim import load_dataset
-    from bdtool.plugins import get_registries
+    """Run a named grid as one comparison per target (bdtool list sweeps: table7, table8, table9,
+    table10, figure4 and any a plugin registers)."""
+    from bdtool.core.experiment.splits import split_test
+    from bdtool.core.experiment.victim import load_dataset
 
-    registries = get_registries()
-    grid = SWEEPS[preset]
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
+    grid = env.registries.sweeps.get(preset)
     pool = len(split_test(load_dataset(dataset, env).test.y).pool_indices)
     sizes = list(samples) or [n for n in grid.samples if n <= pool] or [pool]
     dropped = [n for n in grid.samples if n > pool and not samples]
@@ -44,8 +42,7 @@ def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack,
     for t in targets:
         spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs)
         out = str(Path(output) / f"target{t}") if output and len(targets) > 1 else output
-        results.append(compare_and_report(grid.rows, sizes, seeds, "bdk", spec, env, out, json_, not no_log_models,
-                                          registries))
+        results.append(compare_and_report(grid.rows, sizes, seeds, "bdk", spec, env, out, json_, not no_log_models))
     if len(targets) > 1 and not json_:
         click.echo("\nScore per target class (mean ± std over seeds)")
         labels = [r["label"] for r in results[0]["rows"]]

@@ -1,5 +1,8 @@
 """The interfaces plugins implement: Attack, Defense, Repair, Metric, DatasetSource,
-ModelArchitecture (DESIGN.md §2). Each is an ABC with a typed params dataclass.
+ModelArchitecture (docs/architecture.md). Each is an ABC with a typed params dataclass.
+
+This module is part of the contracts layer: it imports nothing concrete (no built-in, no
+experiment code); ``TYPE_CHECKING`` imports are for annotations only.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 import torch
 from torch import Tensor, nn
 
+from bdtool.core.errors import DefenseInputError
 from bdtool.core.params import build_params, params_to_dict
 from bdtool.core.tensors import LabeledTensors
 
 if TYPE_CHECKING:
     from bdtool.core.data import DataBundle
-    from bdtool.core.metrics import EvalResult
-    from bdtool.core.training import TrainConfig
+    from bdtool.core.results import EvalResult
+    from bdtool.core.compute.training import TrainConfig
 
 
 @dataclass
@@ -58,18 +62,6 @@ class Attack(_Parametrised, ABC):
     @abstractmethod
     def apply(self, x: Tensor) -> Tensor:
         """Return a copy of the batch ``x`` (NCHW, values in [0,1]) with the trigger stamped."""
-
-    def poison(self, data: LabeledTensors, rate: float, seed: int) -> "PoisonedSet":
-        """Stamp and relabel ``rate`` of the training set, chosen among non-target samples."""
-        from bdtool.core.splits import poison_training_set
-
-        return poison_training_set(data, self, rate, seed)
-
-
-@dataclass
-class PoisonedSet:
-    data: LabeledTensors
-    poisoned_indices: Tensor  # int64 indices into data that carry the trigger
 
 
 # --------------------------------------------------------------------------- defenses
@@ -127,11 +119,14 @@ class Defense(_Parametrised, ABC):
     accepts_trigger: ClassVar[bool] = False
     """True = uses the trigger when given (with or without being required)."""
     needs_training_set: ClassVar[bool] = False
+    default_rows: ClassVar[tuple[str, ...]] = ()
+    """The rows (``--defense`` texts) this defense contributes to the default ``bdtool compare``;
+    empty = just its name. The core never names a defense: each declares its own rows."""
+    row_order: ClassVar[int] = 100
+    """Where its rows go in the default comparison (lower first, then by name)."""
 
     def defend(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
         """Run the defense on a copy of ``model``; the model passed in is never modified."""
-        from bdtool.core.errors import DefenseInputError
-
         if self.requires_trigger and ctx.attack is None:
             raise DefenseInputError(
                 f"defense '{self.name}' needs backdoor knowledge (the trigger); run it with bdk=true"
@@ -152,6 +147,8 @@ class Repair(_Parametrised, ABC):
     """A step run after a defense to restore utility (the paper's repair, §B.2)."""
 
     description: ClassVar[str] = ""
+    is_default: ClassVar[bool] = False
+    """The repair a row's ``repair=<lr>`` means (``repair=NAME:<lr>`` names any other)."""
 
     def repair(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
         work = copy.deepcopy(model).to(ctx.device)

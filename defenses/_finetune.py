@@ -1,6 +1,6 @@
 """Shared pieces of the fine-tuning baselines (basicFT, actFT, NAD, BaEraser, Retraining).
 
-Kept small on purpose: the SGD loop itself is :func:`bdtool.core.training.train_supervised`
+Kept small on purpose: the SGD loop itself is :func:`bdtool.core.compute.training.train_supervised`
 wherever a plain cross-entropy loop fits; the helpers here only adapt a defense's params and
 context to it, and provide the seeded batching used by the custom loops (NAD, BaEraser).
 """
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Attack, DefenseContext
 from bdtool.core.tensors import LabeledTensors
-from bdtool.core.training import EpochHook
+from bdtool.core.compute.training import EpochHook
 
 
 def seeded_batches(data: LabeledTensors, batch_size: int, generator: torch.Generator,

@@ -22,7 +22,7 @@ from torch import nn
 import bdtool
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.tensors import LabeledTensors
-from bdtool.core.training import train_supervised
+from bdtool.core.compute.training import train_supervised
 from bdtool.defenses._finetune import check_finite, epoch_logger, stamp
 from bdtool.defenses.basicft import FineTuneParams
 

@@ -344,6 +344,8 @@ class ActivationEditing(Defense):
     requires_trigger = False
     accepts_trigger = True
     Params = ActivationEditingParams
+    default_rows = ("ours", "ours:bdk=false", "ours:repair=0.01")
+    row_order = 0
 
     def unlearn_set(self, model: nn.Module, ctx: DefenseContext) -> LabeledTensors:
         """D_U for this run: as given with BDK or ``nobdk_source=all``; else target-class samples."""

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 import bdtool
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
-from bdtool.core.metrics import predict
-from bdtool.core.training import check_sgd
+from bdtool.core.experiment.evaluation import predict
+from bdtool.core.compute.training import check_sgd
 from bdtool.defenses._finetune import check_finite, seeded_batches, set_batchnorm_eval, stamp
 
 

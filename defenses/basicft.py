@@ -18,7 +18,7 @@ from torch import nn
 
 import bdtool
 from bdtool.core.interfaces import Defense, DefenseContext
-from bdtool.core.training import TrainConfig, train_supervised
+from bdtool.core.compute.training import TrainConfig, train_supervised
 from bdtool.defenses._finetune import check_finite, epoch_logger
 
 

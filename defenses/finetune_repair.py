@@ -16,7 +16,7 @@ from torch import nn
 
 import bdtool
 from bdtool.core.interfaces import DefenseContext, Repair
-from bdtool.core.training import TrainConfig, check_sgd, train_supervised
+from bdtool.core.compute.training import TrainConfig, check_sgd, train_supervised
 
 
 @dataclass
@@ -42,6 +42,7 @@ class FinetuneRepair(Repair):
     ``ctx.seed``. BN layers train during the epoch, as in any fine-tuning."""
 
     name = "finetune"
+    is_default = True
     description = "one epoch of SGD (momentum 0.9) on the clean D_U, learning rate lr (paper's repair, Table 8)"
     Params = FinetuneRepairParams
 

@@ -22,7 +22,7 @@ import difflib
 import torch
 from torch import Tensor, nn
 
-from bdtool.core.builtin_models import ResNet18, SmallCNN, VGGSmall
+from bdtool.plugins.builtin.models import ResNet18, SmallCNN, VGGSmall
 from bdtool.core.errors import DefenseInputError
 
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 import bdtool
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
-from bdtool.core.training import TrainConfig, check_sgd, train_supervised
+from bdtool.core.compute.training import TrainConfig, check_sgd, train_supervised
 from bdtool.defenses._finetune import check_finite, epoch_logger, seeded_batches
 from bdtool.defenses.layer_groups import resolve_layers
 

@@ -33,3 +33,8 @@ def bdtool_register_datasets(register):
 @hookspec
 def bdtool_register_models(register):
     """Register ModelArchitecture subclasses."""
+
+
+@hookspec
+def bdtool_register_sweeps(register):
+    """Register Sweep instances (named grids of comparisons for ``bdtool sweep``)."""

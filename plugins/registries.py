@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bdtool.core.experiment.sweeps import Sweep
 from bdtool.core.interfaces import Attack, DatasetSource, Defense, Metric, ModelArchitecture, Repair
 from bdtool.core.errors import DuplicateNameError
 from bdtool.core.registry import Registry
@@ -18,7 +19,10 @@ KINDS: dict[str, tuple[str, type, str]] = {
     "metrics": ("bdtool_register_metrics", Metric, "metric"),
     "datasets": ("bdtool_register_datasets", DatasetSource, "dataset"),
     "models": ("bdtool_register_models", ModelArchitecture, "model"),
+    "sweeps": ("bdtool_register_sweeps", Sweep, "sweep"),
 }
+INSTANCE_KINDS = {"sweeps"}
+"""Kinds registered as instances (data), not as classes."""
 
 
 @dataclass
@@ -29,6 +33,7 @@ class Registries:
     metrics: Registry[type[Metric]] = field(default_factory=lambda: Registry("metric"))
     datasets: Registry[type[DatasetSource]] = field(default_factory=lambda: Registry("dataset"))
     models: Registry[type[ModelArchitecture]] = field(default_factory=lambda: Registry("model"))
+    sweeps: Registry[Sweep] = field(default_factory=lambda: Registry("sweep"))
     plugins: list[PluginInfo] = field(default_factory=list)
     failures: list[PluginFailure] = field(default_factory=list)
 
@@ -47,12 +52,16 @@ def build_registries(loaded: LoadedPlugins) -> Registries:
         for impl in reversed(hook.get_hookimpls()):
             source = impl.plugin_name
 
-            def register(component: type, name: str | None = None, *, _source: str = source,
-                         _base: type = base, _kind: str = kind, _registry: Registry[Any] = registry) -> None:
-                if not (isinstance(component, type) and issubclass(component, _base)):
+            def register(component: Any, name: str | None = None, *, _source: str = source,
+                         _base: type = base, _kind: str = kind, _registry: Registry[Any] = registry,
+                         _instance: bool = attr in INSTANCE_KINDS) -> None:
+                ok = isinstance(component, _base) if _instance else (
+                    isinstance(component, type) and issubclass(component, _base))
+                if not ok:
+                    what = "an instance" if _instance else "a subclass"
                     raise TypeError(
                         f"plugin '{_source}' registered {component!r} as a {_kind}, "
-                        f"but it is not a subclass of {_base.__name__}"
+                        f"but it is not {what} of {_base.__name__}"
                     )
                 _registry.register(name or component.name, component, source=_source)
 

@@ -20,36 +20,36 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def run_env(mlflow_store: str):
-    from bdtool.core.victim import RunEnv
+    from bdtool.core.experiment.victim import RunEnv
+    from bdtool.plugins import get_registries
 
-    return RunEnv(device=torch.device("cpu"), tracking_uri=mlflow_store, experiment="tests")
+    return RunEnv(registries=get_registries(), device=torch.device("cpu"), tracking_uri=mlflow_store,
+                  experiment="tests")
 
 
 @pytest.fixture(scope="session")
 def digits_victim(run_env):
     """The default victim (digits, small CNN, BadNets, target 0): trains in a few seconds."""
-    from bdtool.core.victim import VictimSpec, get_victim
+    from bdtool.core.experiment.victim import VictimSpec, get_victim
 
     return get_victim(VictimSpec(), run_env)
 
 
 @pytest.fixture
 def make_context(digits_victim):
-    """Build a DefenseContext on the digits victim: make_context(n=5, bdk=True, seed=0)."""
-    from bdtool.core.interfaces import DefenseContext
+    """Build a DefenseContext on the digits victim with the runner's own factory:
+    make_context(n=5, bdk=True, seed=0). ``with_train`` adds the clean training set and recipe
+    (what the factory gives a retraining defense) on top of D_U."""
+    import dataclasses
+
+    from bdtool.core.experiment.context import defense_context
+    from bdtool.core.interfaces import Defense, DefenseContext
 
     def make(n: int = 5, bdk: bool = True, seed: int = 0, with_train: bool = False) -> DefenseContext:
-        data = digits_victim.data
-        return DefenseContext(
-            unlearn=data.draw_unlearn(n, seed),
-            num_classes=data.num_classes,
-            device=torch.device("cpu"),
-            seed=seed,
-            attack=digits_victim.attack if bdk else None,
-            target_class=digits_victim.attack.target_class,
-            draw_unlearn=data.unlearn_drawer(n, seed),
-            train=data.clean_train() if with_train else None,
-            train_recipe=digits_victim.train_config if with_train else None,
-        )
+        ctx = defense_context(digits_victim, Defense, n, seed, torch.device("cpu"), trigger=bdk)
+        if with_train:
+            ctx = dataclasses.replace(ctx, train=digits_victim.data.clean_train(),
+                                      train_recipe=digits_victim.train_config)
+        return ctx
 
     return make

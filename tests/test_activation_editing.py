@@ -10,7 +10,7 @@ from torch import nn
 
 from bdtool.core.errors import DefenseInputError, InvalidParameterError
 from bdtool.core.interfaces import Attack
-from bdtool.core.metrics import evaluate
+from bdtool.core.experiment.evaluation import evaluate
 from bdtool.defenses.activation_editing import (
     ActivationEditing,
     ActivationEditingParams,

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from bdtool.core.attacks import BadNets, BadNetsParams, Blend, BlendParams
-from bdtool.core.metrics import EvalResult, evaluate, score
+from bdtool.plugins.builtin.attacks import BadNets, BadNetsParams, Blend, BlendParams
+from bdtool.core.experiment.evaluation import evaluate, score
+from bdtool.core.results import EvalResult
 from bdtool.core.tensors import LabeledTensors
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from bdtool.core.errors import DefenseInputError, InvalidParameterError
 from bdtool.core.interfaces import Defense
-from bdtool.core.metrics import evaluate
+from bdtool.core.experiment.evaluation import evaluate
 from bdtool.plugins import get_registries
 
 DEFENSES = get_registries().defenses.names()
@@ -183,7 +183,7 @@ def test_retrain_needs_the_training_set(digits_victim, make_context):
 
 
 def test_reinitialise_resets_everything_or_refuses():
-    from bdtool.core.builtin_models import SmallCNN
+    from bdtool.plugins.builtin.models import SmallCNN
     from bdtool.defenses.retrain import reinitialise
 
     model = SmallCNN(1, 8, 10)
@@ -235,7 +235,7 @@ def test_nad_layer_groups_fall_back_for_other_models():
 
 
 def test_nad_explicit_layers_are_checked():
-    from bdtool.core.builtin_models import SmallCNN
+    from bdtool.plugins.builtin.models import SmallCNN
     from bdtool.defenses.layer_groups import resolve_layers
 
     model = SmallCNN(1, 8, 10)

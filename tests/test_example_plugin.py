@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bdtool.core.metrics import evaluate
+from bdtool.core.experiment.evaluation import evaluate
 from bdtool.plugins.manager import load_plugins
 from bdtool.plugins.registries import build_registries
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bdtool.core.errors import InvalidParameterError
-from bdtool.core.metrics import evaluate
+from bdtool.core.experiment.evaluation import evaluate
 from bdtool.defenses.activation_editing import ActivationEditing
 from bdtool.defenses.finetune_repair import FinetuneRepair, FinetuneRepairParams
 

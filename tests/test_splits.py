@@ -3,7 +3,7 @@ import torch
 import pytest
 
 from bdtool.core.errors import BdtoolError
-from bdtool.core.splits import draw_stratified, split_test
+from bdtool.core.experiment.splits import draw_stratified, split_test
 
 
 def test_split_protocol_has_no_overlap_and_is_stratified(digits_victim):

@@ -4,10 +4,11 @@ import pickle
 import pytest
 import torch
 
-from bdtool.core.builtin_models import SmallCNN
+from bdtool.plugins.builtin.models import SmallCNN
 from bdtool.core.errors import UnsafeModelFileError
-from bdtool.core.serialization import load_state_dict, save_state_dict
-from bdtool.core.victim import HASH_TAG, VictimSpec, get_victim
+from bdtool.core.tracking.serialization import load_state_dict, save_state_dict
+from bdtool.core.experiment.victim import VictimSpec, get_victim
+from bdtool.core.tracking import VICTIM_HASH_TAG as HASH_TAG
 
 
 class Payload:

@@ -1,21 +1,14 @@
-"""Named grids that regenerate the supplement's experiments as comparisons (DESIGN.md §8).
-
-Each preset is a list of row texts (the ``--defense`` grammar), the sample sizes and the target
-classes; ``bdtool sweep NAME`` runs one comparison per target.
+"""The supplement's experiments as sweep presets: Tables 7–10 and Figure 4 (docs/reproducing.md).
+Registered as a plugin because the grids name defenses (``ours``, ``actft``, ...), which the
+core never does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Callable
 
-
-@dataclass(frozen=True)
-class Sweep:
-    name: str
-    description: str
-    rows: list[str]
-    samples: list[int]
-    targets: list[int] = field(default_factory=lambda: [0])
+import bdtool
+from bdtool.core.experiment.sweeps import Sweep
 
 
 def _table8_rows() -> list[str]:
@@ -39,7 +32,7 @@ def _figure4_rows() -> list[str]:
 TABLE7_ROWS = ["actft", "baeraser", "ours", "ours:repair=0.01", "basicft", "nad",
                "ours:bdk=false", "ours:bdk=false,repair=0.01", "retrain"]
 
-SWEEPS: dict[str, Sweep] = {s.name: s for s in (
+SWEEPS: tuple[Sweep, ...] = (
     Sweep("table7", "Table 7: every method at n = 5, 50, 500, 5000 (sizes above the pool are dropped)",
           TABLE7_ROWS, [5, 50, 500, 5000]),
     Sweep("table8", "Table 8: repair learning rate η, with and without backdoor knowledge", _table8_rows(), [500]),
@@ -47,4 +40,10 @@ SWEEPS: dict[str, Sweep] = {s.name: s for s in (
     Sweep("table10", "Table 10: Score per backdoor target class 0–9",
           ["actft", "baeraser", "ours", "basicft", "nad", "ours:bdk=false"], [500], list(range(10))),
     Sweep("figure4", "Figure 4: λ × γ × BN mode, with and without backdoor knowledge", _figure4_rows(), [500]),
-)}
+)
+
+
+@bdtool.hookimpl
+def bdtool_register_sweeps(register: Callable[..., None]) -> None:
+    for sweep in SWEEPS:
+        register(sweep)

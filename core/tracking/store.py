@@ -1,4 +1,7 @@
-"""MLflow store, experiments and model logging (DESIGN.md §9).
+"""MLflow store, experiments, run tags and model logging (docs/architecture.md, "MLflow").
+
+mlflow is imported inside the functions that use it: importing it costs about a second, which
+``bdtool --help`` and ``bdtool list`` should not pay.
 
 Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``;
 ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` override it. Telemetry is off.
@@ -15,13 +18,23 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
+from bdtool.core.tracking.serialization import load_state_dict, save_state_dict
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "bdtool"
+
+# Run tags, spelled once. KIND_TAG says what a run is: "victim", "comparison" or "defense".
+KIND_TAG = "bdtool.kind"
+VICTIM_HASH_TAG = "bdtool.victim_hash"
+VICTIM_RUN_TAG = "bdtool.victim_run_id"
+ROW_TAG = "bdtool.row"
+DEFENSE_TAG = "bdtool.defense"
+ERROR_TAG = "bdtool.error"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -68,9 +81,10 @@ def ensure_experiment(name: str, uri: str) -> str:
 
 
 @contextmanager
-def tracked_run(**start_run_kwargs: Any) -> Iterator[Any]:
+def tracked_run(on_error: Callable[[BaseException], None] | None = None, **start_run_kwargs: Any) -> Iterator[Any]:
     """``mlflow.start_run`` that always ends the run with the right status: FINISHED, FAILED on an
-    exception, KILLED on Ctrl-C (DESIGN.md §10); the exception propagates."""
+    exception, KILLED on Ctrl-C; the exception propagates. ``on_error(exc)`` runs inside the run
+    before it is ended FAILED (to tag it with the error). The one way bdtool opens a run."""
     import mlflow
 
     run = mlflow.start_run(**start_run_kwargs)
@@ -79,8 +93,12 @@ def tracked_run(**start_run_kwargs: Any) -> Iterator[Any]:
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as exc:
+        try:
+            if on_error is not None:
+                on_error(exc)
+        finally:
+            mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
 
@@ -117,7 +135,6 @@ def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> N
     import mlflow
     import mlflow.pytorch
 
-    from bdtool.core.serialization import save_state_dict
 
     model = model.eval().cpu()
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +151,6 @@ def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> N
 def download_state_dict(run_id: str, name: str = "model") -> dict[str, torch.Tensor]:
     import mlflow
 
-    from bdtool.core.serialization import load_state_dict
 
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{name}/state_dict.pt", dst_path=tmp)

@@ -1,8 +1,11 @@
 """Victim (poisoned) models: trained once per configuration, cached in the MLflow store by a
-content hash of that configuration, and reused by every later command (DESIGN.md §6)."""
+content hash of that configuration, and reused by every later command (docs/architecture.md,
+"Victims"). Datasets, models and attacks come from the registries in ``RunEnv``: this module never
+imports a plugin."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -12,22 +15,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from bdtool.core import tracking
+from bdtool.core.compute.device import seed_everything
+from bdtool.core.compute.training import TrainConfig, train_supervised
 from bdtool.core.data import DataBundle
 from bdtool.core.errors import BdtoolError
+from bdtool.core.experiment.evaluation import evaluate
+from bdtool.core.experiment.progress import ProgressPrinter
+from bdtool.core.experiment.splits import ExperimentData, prepare_experiment
 from bdtool.core.interfaces import Attack
-from bdtool.core.metrics import EvalResult, evaluate
-from bdtool.core.progress import ProgressPrinter
-from bdtool.core.splits import ExperimentData, prepare_experiment
-from bdtool.core.training import TrainConfig, train_supervised
+from bdtool.core.results import EvalResult
+from bdtool.core.tracking import KIND_TAG, VICTIM_HASH_TAG
 
 VICTIM_RECIPE_VERSION = 1
 """Bump when training code changes in a way that should invalidate cached victims."""
-HASH_TAG = "bdtool.victim_hash"
-KIND_TAG = "bdtool.kind"
 
 RECIPES: dict[str, TrainConfig] = {
     # Measured on the 2-core CPU machine: digits reaches ACC ~0.97 / ASR ~1.0 in a few seconds,
-    # Fashion-MNIST ACC >= 0.88 / ASR >= 0.95 in 6 epochs (~2 min). See docs/victims.md.
+    # Fashion-MNIST ACC >= 0.88 / ASR >= 0.95 in 6 epochs (~2 min). See docs/reproducing.md, "Victims".
     "digits": TrainConfig(epochs=20, lr=0.05, batch_size=64),
     "fashion-mnist": TrainConfig(epochs=6, lr=0.05, batch_size=128),
     "mnist": TrainConfig(epochs=4, lr=0.05, batch_size=128),
@@ -61,8 +66,11 @@ class VictimSpec:
 
 @dataclass
 class RunEnv:
-    """Where and how work runs: device, data location, MLflow store, progress output."""
+    """Where and how work runs: the component registries, device, data location, MLflow store,
+    progress output. ``registries`` is a ``bdtool.plugins.Registries`` (the CLI passes the
+    process-wide one; tests may pass their own)."""
 
+    registries: Any
     device: torch.device
     data_dir: str | None = None
     download: bool = False
@@ -86,29 +94,21 @@ class Victim:
     train_config: TrainConfig
 
     def fresh_copy(self) -> nn.Module:
-        import copy
-
         return copy.deepcopy(self.model)
 
 
-def build_attack(name: str, options: dict[str, Any], target: int) -> Attack:
-    from bdtool.plugins import get_registries
-
-    cls = get_registries().attacks.get(name)
+def build_attack(registries: Any, name: str, options: dict[str, Any], target: int) -> Attack:
+    cls = registries.attacks.get(name)
     return cls(target_class=target, params=cls.make_params(options))
 
 
-def build_model(name: str, bundle: DataBundle) -> nn.Module:
-    from bdtool.plugins import get_registries
-
-    arch = get_registries().models.get(name)()
+def build_model(registries: Any, name: str, bundle: DataBundle) -> nn.Module:
+    arch = registries.models.get(name)()
     return arch.build(bundle.channels, bundle.image_size, bundle.num_classes)
 
 
 def load_dataset(name: str, env: RunEnv) -> DataBundle:
-    from bdtool.plugins import get_registries
-
-    source = get_registries().datasets.get(name)()
+    source = env.registries.datasets.get(name)()
     return source.load(env.data_dir, env.download)
 
 
@@ -130,7 +130,7 @@ def config_hash(spec: VictimSpec, attack: Attack, train: TrainConfig, bundle: Da
 
 def find_cached_run(digest: str) -> str | None:
     """A finished victim run with this hash, in any experiment of the store."""
-    from mlflow.entities import ViewType
+    from mlflow.entities import ViewType  # heavy: see core/tracking/store.py
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -140,7 +140,7 @@ def find_cached_run(digest: str) -> str | None:
     runs = client.search_runs(
         experiment_ids,
         # Defense runs carry the victim's hash too (to link to it): match victim runs only.
-        filter_string=(f"tags.`{HASH_TAG}` = '{digest}' and tags.`{KIND_TAG}` = 'victim' "
+        filter_string=(f"tags.`{VICTIM_HASH_TAG}` = '{digest}' and tags.`{KIND_TAG}` = 'victim' "
                        "and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"],
         max_results=1,
@@ -152,14 +152,12 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
     """Return the cached victim for ``spec`` or train it (and log it as an MLflow run).
 
     ``bundle`` may pass the already loaded dataset of ``spec.dataset``."""
-    import mlflow
-
-    from bdtool.core import tracking
+    import mlflow  # heavy: imported where a run is logged (core/tracking/store.py)
 
     bundle = bundle if bundle is not None else load_dataset(spec.dataset, env)
     if not 0 <= spec.target < bundle.num_classes:
         raise BdtoolError(f"target class {spec.target} is out of range for {spec.dataset} (0..{bundle.num_classes - 1})")
-    attack = build_attack(spec.attack, dict(spec.attack_options), spec.target)
+    attack = build_attack(env.registries, spec.attack, dict(spec.attack_options), spec.target)
     try:
         attack.apply(bundle.test.x[:1])
     except ValueError as exc:
@@ -169,7 +167,7 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
     digest = config_hash(spec, attack, train_config, bundle)
     uri = tracking.setup_tracking(env.tracking_uri)
     experiment_id = tracking.ensure_experiment(env.experiment, uri)
-    model = build_model(spec.model, bundle)
+    model = build_model(env.registries, spec.model, bundle)
 
     cached = None if retrain else find_cached_run(digest)
     if cached is not None:
@@ -179,10 +177,8 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
         env.progress.message(f"reusing victim {digest} (run {cached}): ACC {before.acc:.3f}, ASR {before.asr:.3f}")
         return Victim(spec, digest, attack, bundle, data, model, before, cached, True, 0.0, train_config)
 
-    from bdtool.core.device import seed_everything
-
     seed_everything(spec.seed)
-    model = build_model(spec.model, bundle)  # re-created under the seed
+    model = build_model(env.registries, spec.model, bundle)  # re-created under the seed
     with tracking.tracked_run(experiment_id=experiment_id, run_name=f"victim {spec.dataset}/{spec.model}/{spec.attack}",
                               tags={KIND_TAG: "victim", **tracking.standard_tags(env.device)}) as run:
         tracking.log_params_flat({
@@ -210,5 +206,5 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
         mlflow.log_dict({"poisoned_indices": data.poisoned_indices.tolist()}, "poisoned_indices.json")
         tracking.log_model(model, data.evaluation.x, "model")
         # The hash tag is set last: only a completely logged victim is ever found by the cache.
-        mlflow.set_tag(HASH_TAG, digest)
+        mlflow.set_tag(VICTIM_HASH_TAG, digest)
     return Victim(spec, digest, attack, bundle, data, model, before, run.info.run_id, False, seconds, train_config)

@@ -11,9 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from bdtool.core.experiment.rows import RowSpec
+
 if TYPE_CHECKING:
-    from bdtool.core.runner import CompareConfig, RunOutcome
-    from bdtool.core.victim import Victim
+    from bdtool.core.experiment.runner import CompareConfig, RunOutcome
+    from bdtool.core.experiment.victim import Victim
+
+
+def row_sizes(row: RowSpec, samples: Sequence[int], victim: "Victim") -> list[int]:
+    """The n of each run of ``row``: the requested sample sizes, or, for a defense that trains on
+    the training set and ignores D_U (retraining), one run whose n is the clean training-set size
+    (the supplement's Table 7 lists "Retraining 47500")."""
+    if row.defense_cls.needs_training_set:
+        return [len(victim.data.train) - len(victim.data.poisoned_indices)]
+    return list(samples)
 
 # column key, header, higher is better, scale to percent
 COLUMNS: tuple[tuple[str, str, bool, float], ...] = (
@@ -89,10 +100,8 @@ def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareCo
         "ctca": Stat(before.ctca, 0.0), "min_class_acc": Stat(before.min_class_acc, 0.0),
         "time_s": Stat(victim.train_seconds if not victim.reused else float("nan"), 0.0)}, 1, 0)
     rows: list[SummaryRow] = []
-    from bdtool.core.runner import row_sizes
-
     for row in config.rows:
-        for n in row_sizes(row, config, victim):
+        for n in row_sizes(row, config.samples, victim):
             group = [o for o in outcomes if o.label == row.label and o.n == n]
             ok = [o for o in group if o.result is not None]
             times = [o.defense_time_s + (o.repair_time_s or 0.0) for o in ok]

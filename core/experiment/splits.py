@@ -21,15 +21,21 @@ from bdtool.core.errors import BdtoolError
 from bdtool.core.tensors import LabeledTensors
 
 if TYPE_CHECKING:
-    from bdtool.core.interfaces import Attack, PoisonedSet
+    from bdtool.core.data import DataBundle
+    from bdtool.core.interfaces import Attack
 
 TEST_SPLIT_SEED = 0
 """The test split is divided once, with this seed, so every experiment evaluates on the same half."""
 
 
-def poison_training_set(data: LabeledTensors, attack: "Attack", rate: float, seed: int) -> "PoisonedSet":
-    from bdtool.core.interfaces import PoisonedSet
+@dataclass
+class PoisonedSet:
+    data: LabeledTensors
+    poisoned_indices: Tensor  # int64 indices into data that carry the trigger
 
+
+def poison_training_set(data: LabeledTensors, attack: "Attack", rate: float, seed: int) -> PoisonedSet:
+    """Stamp and relabel ``rate`` of the training set, chosen among non-target samples."""
     if not 0.0 <= rate < 1.0:
         raise BdtoolError(f"poison rate must be in [0, 1), got {rate}")
     candidates = torch.nonzero(data.y != attack.target_class).flatten()
@@ -130,8 +136,8 @@ class ExperimentData:
         return draw
 
 
-def prepare_experiment(bundle, attack: "Attack", rate: float, seed: int) -> ExperimentData:
-    poisoned = attack.poison(bundle.train, rate, seed)
+def prepare_experiment(bundle: "DataBundle", attack: "Attack", rate: float, seed: int) -> ExperimentData:
+    poisoned = poison_training_set(bundle.train, attack, rate, seed)
     split = split_test(bundle.test.y)
     return ExperimentData(
         train=poisoned.data,

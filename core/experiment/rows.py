@@ -1,0 +1,138 @@
+"""Comparison rows: ``NAME[:key=value,...]`` with reserved keys ``bdk`` and ``repair``
+(docs/architecture.md, "Rows"). All validation happens here, before any work starts or any run
+is created.
+
+``repair=<lr>`` adds the default repair (the registered repair marked ``is_default``: the
+supplement's fine-tuning, §B.2) with learning rate lr; ``repair=NAME:<lr>`` adds any registered
+repair by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bdtool.core.errors import InvalidParameterError
+from bdtool.core.interfaces import Defense, Repair
+from bdtool.core.params import coerce
+
+DEFAULT_REPAIR_LR = 1e-2
+"""η the paper recommends (supplement Table 8); rows with another η show it in their label."""
+
+
+@dataclass
+class RowSpec:
+    text: str
+    defense_cls: type[Defense]
+    defense_options: dict[str, str]
+    bdk: bool
+    repair_lr: float | None
+    params: Any = field(default=None)
+    repair_cls: type[Repair] | None = None
+
+    @property
+    def defense_name(self) -> str:
+        return self.defense_cls.name
+
+    @property
+    def label(self) -> str:
+        """The paper's row label: "Ours(BDK) +repair", "actFT", "NAD", "Ours(¬BDK)"."""
+        base = self.defense_cls.label or self.defense_cls.name
+        if self.defense_cls.accepts_trigger and not self.defense_cls.requires_trigger:
+            base += "(BDK)" if self.bdk else "(¬BDK)"
+        if self.defense_options:
+            base += " [" + ",".join(f"{k}={v}" for k, v in sorted(self.defense_options.items())) + "]"
+        if self.repair_lr is not None and self.repair_cls is not None:
+            name = "" if self.repair_cls.is_default else f" {self.repair_cls.name}"
+            base += f" +repair{name}" + ("" if self.repair_lr == DEFAULT_REPAIR_LR else f"(η={self.repair_lr:g})")
+        return base
+
+    def make_defense(self) -> Defense:
+        return self.defense_cls(self.params)
+
+    def make_repair(self) -> Repair:
+        if self.repair_cls is None or self.repair_lr is None:
+            raise ValueError(f"row {self.text!r} has no repair")
+        return self.repair_cls(self.repair_cls.make_params({"lr": self.repair_lr}))
+
+
+def split_row_text(text: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = text.strip().partition(":")
+    options: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise InvalidParameterError(f"--defense {text}: '{part}' is not key=value")
+        if key.strip() in options:
+            raise InvalidParameterError(f"--defense {text}: '{key.strip()}' is given twice")
+        options[key.strip()] = value.strip()
+    if not name:
+        raise InvalidParameterError(f"--defense '{text}': missing the defense name")
+    return name.strip(), options
+
+
+def default_repair(registries) -> type[Repair]:
+    """The registered repair marked ``is_default`` (exactly one must be)."""
+    defaults = [entry.obj for entry in registries.repairs if entry.obj.is_default]
+    if len(defaults) != 1:
+        names = ", ".join(registries.repairs.names()) or "(none)"
+        raise InvalidParameterError(
+            f"repair=<lr> needs exactly one default repair, found {len(defaults)}; "
+            f"write repair=NAME:<lr> with one of: {names}")
+    return defaults[0]
+
+
+def parse_repair(raw: str, text: str, registries) -> tuple[type[Repair] | None, float | None]:
+    """``repair=<lr>`` or ``repair=NAME:<lr>`` (``none``/``off`` = no repair)."""
+    if raw.lower() in ("none", "off", "false", ""):
+        return None, None
+    name, sep, lr_text = raw.rpartition(":")
+    if not sep:
+        lr_text = raw
+    lr = coerce(lr_text, float, f"--defense {text}: repair")
+    if lr <= 0:
+        raise InvalidParameterError(f"--defense {text}: repair learning rate must be > 0")
+    cls = registries.repairs.get(name) if sep else default_repair(registries)
+    cls.make_params({"lr": lr})  # the repair's own checks, before any work
+    return cls, lr
+
+
+def parse_row(text: str, default_bdk: bool, registries) -> RowSpec:
+    """Parse and fully validate one ``--defense`` value against the registries."""
+    name, options = split_row_text(text)
+    cls = registries.defenses.get(name)
+    bdk = default_bdk
+    if "bdk" in options:
+        bdk = coerce(options.pop("bdk"), bool, f"--defense {text}: bdk")
+    repair_cls, repair_lr = parse_repair(options.pop("repair"), text, registries) if "repair" in options else (None, None)
+    if cls.requires_trigger and not bdk:
+        raise InvalidParameterError(
+            f"--defense {text}: '{name}' needs backdoor knowledge (the trigger) and cannot run with bdk=false"
+        )
+    if not cls.accepts_trigger and not cls.requires_trigger:
+        bdk = False  # the defense never uses the trigger; do not claim it had it
+    params = cls.make_params(options)
+    return RowSpec(text=text, defense_cls=cls, defense_options=options, bdk=bdk, repair_lr=repair_lr, params=params,
+                   repair_cls=repair_cls)
+
+
+def default_row_texts(registries) -> list[str]:
+    """Every defense's declared ``default_rows`` (its name if it declares none), ordered by
+    ``row_order`` then name. Rows asking for a repair are left out when no default repair exists."""
+    texts: list[str] = []
+    has_repair = any(entry.obj.is_default for entry in registries.repairs)
+    for entry in sorted(registries.defenses, key=lambda e: (e.obj.row_order, e.name)):
+        for text in entry.obj.default_rows or (entry.name,):
+            if "repair=" in text and not has_repair:
+                continue
+            texts.append(text)
+    return texts
+
+
+def parse_rows(texts: list[str], default_bdk: bool, registries) -> list[RowSpec]:
+    rows = [parse_row(t, default_bdk, registries) for t in texts]
+    labels = [r.label for r in rows]
+    dupes = sorted({label for label in labels if labels.count(label) > 1})
+    if dupes:
+        raise InvalidParameterError(f"the same row is asked for twice: {', '.join(dupes)}")
+    return rows

@@ -1,0 +1,210 @@
+"""The comparison runner behind ``bdtool compare`` (docs/architecture.md, "One comparison").
+
+One parent MLflow run per comparison; a nested run per (row, n, seed). Every row runs on a fresh
+copy of the victim with the same D_U for a given (n, seed). A row that raises is marked FAILED
+(its error as a tag) and the comparison goes on; Ctrl-C marks the open runs KILLED and re-raises.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bdtool.core import tracking
+from bdtool.core.compute.device import seed_everything, timed
+from bdtool.core.errors import BdtoolError
+from bdtool.core.experiment.context import defense_context
+from bdtool.core.experiment.evaluation import evaluate, score
+from bdtool.core.experiment.report import Summary, aggregate, row_sizes, write_report
+from bdtool.core.experiment.rows import RowSpec
+from bdtool.core.experiment.splits import split_test
+from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, get_victim, load_dataset
+from bdtool.core.results import EvalResult
+
+
+@dataclass
+class CompareConfig:
+    spec: VictimSpec
+    rows: list[RowSpec]
+    samples: list[int] = field(default_factory=lambda: [50])
+    seeds: int = 3
+    log_models: bool = True
+    output_dir: str | None = None
+    """Also copy the summary (Markdown, CSV, JSON, plots) here, as logged to the parent run."""
+
+
+@dataclass
+class RunOutcome:
+    """One (row, n, seed) result. ``result`` is None when the row failed."""
+
+    label: str
+    defense: str
+    n: int
+    seed: int
+    bdk: bool
+    status: str  # FINISHED | FAILED
+    result: EvalResult | None = None
+    score: float = float("nan")
+    defense_time_s: float = float("nan")
+    repair_time_s: float | None = None
+    run_id: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "defense": self.defense, "n": self.n, "seed": self.seed, "bdk": self.bdk,
+            "status": self.status, "score": self.score, "defense_time_s": self.defense_time_s,
+            "repair_time_s": self.repair_time_s, "run_id": self.run_id, "error": self.error,
+            "eval": self.result.to_dict() if self.result else None,
+        }
+
+
+@dataclass
+class ComparisonResult:
+    victim: Victim
+    config: CompareConfig
+    outcomes: list[RunOutcome]
+    parent_run_id: str
+    summary: Summary
+
+
+def validate_samples(samples: list[int], pool_size: int) -> None:
+    for n in samples:
+        if n <= 0:
+            raise BdtoolError(f"--samples must be positive, got {n}")
+        if n > pool_size:
+            raise BdtoolError(
+                f"--samples {n} is larger than the unseen pool ({pool_size} images of this dataset's test split); "
+                "use a smaller value"
+            )
+
+
+def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
+    """Validate everything, get the victim, run every (row, n, seed) and log it all to MLflow."""
+    import mlflow  # heavy: see core/tracking/store.py
+
+    if config.seeds < 1:
+        raise BdtoolError(f"--seeds must be at least 1, got {config.seeds}")
+    if not config.rows:
+        raise BdtoolError("no defense rows to run; pass --defense NAME (see bdtool list defenses)")
+    bundle = load_dataset(config.spec.dataset, env)
+    validate_samples(config.samples, len(split_test(bundle.test.y).pool_indices))
+
+    victim = get_victim(config.spec, env, bundle=bundle)
+    uri = tracking.setup_tracking(env.tracking_uri)
+    experiment_id = tracking.ensure_experiment(env.experiment, uri)
+    total = sum(len(row_sizes(row, config.samples, victim)) for row in config.rows) * config.seeds
+    outcomes: list[RunOutcome] = []
+    with tracking.tracked_run(
+        experiment_id=experiment_id,
+        run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
+        tags={tracking.KIND_TAG: "comparison", tracking.VICTIM_RUN_TAG: victim.run_id,
+              tracking.VICTIM_HASH_TAG: victim.config_hash, **tracking.standard_tags(env.device)},
+    ) as parent:
+        tracking.log_params_flat({
+            "dataset": config.spec.dataset, "model": config.spec.model, "attack": config.spec.attack,
+            "target": config.spec.target, "poison_rate": config.spec.poison_rate,
+            "samples": "+".join(map(str, config.samples)), "seeds": config.seeds,
+            "rows": " | ".join(r.text for r in config.rows), "victim_run_id": victim.run_id,
+            **{f"attack.{k}": v for k, v in victim.attack.params_dict().items()},
+        })
+        mlflow.log_metrics({"before_acc": victim.before.acc, "before_asr": victim.before.asr,
+                            "before_ctca": victim.before.ctca, "before_min_class_acc": victim.before.min_class_acc})
+        done = 0
+        for row in config.rows:
+            for n in row_sizes(row, config.samples, victim):
+                for seed in range(config.seeds):
+                    env.progress(f"compare ({row.label}, n={n}, seed={seed})", done, total)
+                    outcomes.append(_run_one(row, n, seed, victim, env, experiment_id, config.log_models))
+                    done += 1
+        env.progress("compare", total, total)
+        summary = aggregate(victim, outcomes, config)
+        with tempfile.TemporaryDirectory() as tmp:
+            write_report(summary, Path(tmp))
+            mlflow.log_artifacts(tmp, artifact_path="summary")
+            if config.output_dir:
+                shutil.copytree(tmp, config.output_dir, dirs_exist_ok=True)
+    return ComparisonResult(victim, config, outcomes, parent.info.run_id, summary)
+
+
+def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, experiment_id: str,
+             log_models: bool) -> RunOutcome:
+    import mlflow  # heavy: see core/tracking/store.py
+
+    outcome = RunOutcome(label=row.label, defense=row.defense_name, n=n, seed=seed, bdk=row.bdk, status="RUNNING")
+
+    def record_failure(exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        mlflow.set_tag(tracking.ERROR_TAG, message[:5000])
+        mlflow.log_text(traceback.format_exc(), "error.txt")
+        outcome.status, outcome.error, outcome.result = "FAILED", message, None
+
+    try:
+        with tracking.tracked_run(
+            experiment_id=experiment_id, nested=True, run_name=f"{row.label} n={n} seed={seed}",
+            tags={tracking.KIND_TAG: "defense", tracking.ROW_TAG: row.label, tracking.DEFENSE_TAG: row.defense_name,
+                  tracking.VICTIM_RUN_TAG: victim.run_id, tracking.VICTIM_HASH_TAG: victim.config_hash,
+                  **tracking.standard_tags(env.device)},
+            on_error=record_failure,
+        ) as run:
+            outcome.run_id = run.info.run_id
+            _defend_and_evaluate(row, n, seed, victim, env, log_models, outcome)
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # noqa: BLE001 - a failed defense must not sink the comparison
+        env.progress.message(f"  {row.label} n={n} seed={seed} failed: {outcome.error}")
+        return outcome
+    outcome.status = "FINISHED"
+    return outcome
+
+
+def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, log_models: bool,
+                         outcome: RunOutcome) -> None:
+    """Inside the run of (row, n, seed): defend, repair, evaluate, log; fills ``outcome``."""
+    import mlflow  # heavy: see core/tracking/store.py
+
+    defense = row.make_defense()
+    spec = victim.spec
+    tracking.log_params_flat({
+        "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
+        "poison_rate": spec.poison_rate, "n": n, "seed": seed,
+        "knowledge": "bdk" if row.bdk else "none", "defense": row.defense_name, "row": row.label,
+        "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},
+    })
+    progress = env.progress
+
+    def log_metric(key: str, value: float, step: int | None = None) -> None:
+        mlflow.log_metric(key, float(value), step=step)
+
+    ctx = defense_context(victim, row.defense_cls, n, seed, env.device, trigger=row.bdk, target=True,
+                          progress=lambda label, d, t: progress(f"  {row.label}: {label}", d, t),
+                          log_metric=log_metric)
+    data = victim.data
+    seed_everything(seed)
+    with timed(env.device) as watch:
+        model = defense.defend(victim.model, ctx)
+    outcome.defense_time_s = watch.seconds
+    if row.repair_lr is not None:
+        repair = row.make_repair()
+        seed_everything(seed)
+        with timed(env.device) as watch:
+            model = repair.repair(model, ctx)
+        outcome.repair_time_s = watch.seconds
+    result = evaluate(model, data.evaluation, victim.attack, data.num_classes, env.device)
+    outcome.result = result
+    outcome.score = score(result, victim.before)
+    metrics = {"acc": result.acc, "asr": result.asr, "ctca": result.ctca,
+               "min_class_acc": result.min_class_acc, "score": outcome.score,
+               "defense_time_s": outcome.defense_time_s,
+               **{f"class_acc_{c}": a for c, a in enumerate(result.per_class_acc) if not math.isnan(a)}}
+    if outcome.repair_time_s is not None:
+        metrics["repair_time_s"] = outcome.repair_time_s
+    mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
+    mlflow.log_dict(result.to_dict(), "evaluation.json")
+    if log_models:
+        tracking.log_model(model, data.evaluation.x, "model")

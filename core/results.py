@@ -1,0 +1,31 @@
+"""What an evaluation of a model measured: the input of every metric (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class EvalResult:
+    acc: float
+    asr: float
+    ctca: float
+    per_class_acc: list[float]
+    n_eval: int
+    target_class: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def min_class_acc(self) -> float:
+        return min(self.per_class_acc) if self.per_class_acc else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["min_class_acc"] = self.min_class_acc
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
+        d = {k: v for k, v in d.items() if k != "min_class_acc"}
+        return cls(**d)

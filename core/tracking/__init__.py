@@ -1,0 +1,34 @@
+"""bdtool.core.tracking: the MLflow store (runs, experiments, models) and safe model files.
+
+``from bdtool.core import tracking`` gives the store's functions (``tracking.tracked_run``, ...);
+see docs/architecture.md for the MLflow layout.
+"""
+
+from bdtool.core.tracking.store import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_TRACKING_URI,
+    DEFENSE_TAG,
+    ERROR_TAG,
+    KIND_TAG,
+    ROW_TAG,
+    VICTIM_HASH_TAG,
+    VICTIM_RUN_TAG,
+    artifact_root_for,
+    download_state_dict,
+    ensure_experiment,
+    git_commit,
+    log_model,
+    log_params_flat,
+    pip_requirements,
+    resolve_tracking_uri,
+    setup_tracking,
+    standard_tags,
+    tracked_run,
+)
+
+__all__ = [
+    "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "KIND_TAG", "DEFENSE_TAG", "ERROR_TAG", "ROW_TAG", "VICTIM_HASH_TAG", "VICTIM_RUN_TAG",
+    "artifact_root_for", "download_state_dict",
+    "ensure_experiment", "git_commit", "log_model", "log_params_flat", "pip_requirements",
+    "resolve_tracking_uri", "setup_tracking", "standard_tags", "tracked_run",
+]
