@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 import bdtool
-from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.compute.modules import check_finite
+from bdtool.core.compute.training import metric_logger, train_loop
+from bdtool.core.interfaces import Attack, Defense, DefenseContext
 from bdtool.core.tensors import LabeledTensors
-from bdtool.core.compute.training import train_supervised
-from bdtool.defenses._finetune import check_finite, epoch_logger, stamp
+from bdtool.defenses._trigger import stamp
 from bdtool.defenses.basicft import FineTuneParams
 
 
@@ -39,7 +40,7 @@ class ActFTParams(FineTuneParams):
             raise ValueError("copies must be >= 1")
 
 
-def with_stamped_copies(data: LabeledTensors, attack, copies: int, owner: str) -> LabeledTensors:
+def with_stamped_copies(data: LabeledTensors, attack: Attack, copies: int, owner: str) -> LabeledTensors:
     """D_U followed by ``copies`` copies of D_U with the trigger stamped, keeping the true labels."""
     stamped = stamp(attack, data.x, owner)
     xs = [data.x] + [stamped] * copies
@@ -60,9 +61,9 @@ class ActualTriggerFineTuning(Defense):
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
         assert ctx.attack is not None  # Defense.defend refuses to run without it
         data = with_stamped_copies(ctx.unlearn, ctx.attack, self.params.copies, self.name)
-        config = self.params.train_config()
-        train_supervised(model, data, config, ctx.device, ctx.seed, ctx.progress,
-                         epoch_logger(ctx, "actft.loss"), label="actFT fine-tuning")
+        train_loop(model, data, self.params.train_config(), ctx.device, ctx.seed,
+                   on_epoch=metric_logger(ctx.log_metric, "actft.{}"), progress=ctx.progress,
+                   label="actFT fine-tuning")
         check_finite(model, self.name)
         return model.eval()
 

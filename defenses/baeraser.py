@@ -5,7 +5,7 @@ Row "BaEraser [5]" of the supplement's Table 7; backdoor knowledge required. BaE
 recovers the trigger with a generative model, then *unlearns* it by gradient ascent on the
 triggered samples with the target label, restrained by a penalty that keeps the weights close to
 the original ones (its "dynamic penalty"). With BDK we use the known trigger (``ctx.attack``);
-trigger recovery is a later extension (DESIGN.md §5).
+trigger recovery is a later extension (docs/baselines.md).
 
 Per batch of D_U (x, y), with x_t = attack(x) for the samples whose class is not the target t:
 
@@ -25,35 +25,42 @@ Per batch of D_U (x, y), with x_t = attack(x) for the samples whose class is not
 - BatchNorm running statistics stay frozen (``update_bn=false``): the triggered half of each batch
   must not shift them; set ``update_bn=true`` to let them adapt to D_U.
 
-Defaults: lr 0.01 (SGD momentum 0.9), at most 20 epochs, α=1, batch size 64.
+Defaults: lr 0.01 (SGD momentum 0.9, no weight decay: the L1 pull is the only regulariser), at
+most 20 epochs, α=1, batch size 64, constant learning rate. Training runs in the shared loop
+(:func:`bdtool.core.compute.training.train_loop`) with this loss, a per-step hook that freezes
+BatchNorm and the early stop as its stop condition.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bdtool
+from bdtool.core.compute.modules import check_finite, set_batchnorm_mode
+from bdtool.core.compute.training import LoopState, SGDParams, metric_logger, train_loop
 from bdtool.core.errors import DefenseInputError
-from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.experiment.evaluation import predict
-from bdtool.core.compute.training import check_sgd
-from bdtool.defenses._finetune import check_finite, seeded_batches, set_batchnorm_eval, stamp
+from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.defenses._trigger import stamp
 
 
 @dataclass
-class BaEraserParams:
-    """Gradient-ascent unlearning of the trigger with an L1 pull to the original weights."""
+class BaEraserParams(SGDParams):
+    """Gradient-ascent unlearning of the trigger with an L1 pull to the original weights.
+    SGD defaults: see the module docstring (momentum 0.9 is SGDParams')."""
 
     epochs: int = 20
     """Maximum number of epochs over D_U (early stopping usually ends sooner)."""
     lr: float = 0.01
-    momentum: float = 0.9
+    weight_decay: float = 0.0
+    """No weight decay: the L1 pull to the original weights is the only regulariser."""
     batch_size: int = 64
+    schedule: Literal["cosine", "constant", "step"] = "constant"
     alpha: float = 1.0
     """Weight of the clean cross-entropy term that keeps utility."""
     l1_lambda: float = 1e-4
@@ -67,7 +74,7 @@ class BaEraserParams:
     """Measure the ASR on triggered D_U every this many optimisation steps (and after each epoch)."""
 
     def validate(self) -> None:
-        check_sgd(epochs=self.epochs, lr=self.lr, momentum=self.momentum, batch_size=self.batch_size)
+        super().validate()
         if self.alpha < 0 or self.l1_lambda < 0:
             raise ValueError("alpha and l1_lambda must be >= 0")
         if self.check_every < 1:
@@ -104,57 +111,40 @@ class BaEraser(Defense):
             )
         stamped_check = stamp(ctx.attack, ctx.unlearn.x[non_target], self.name)
         original = [p.detach().clone() for p in model.parameters()]
-        optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum)
-        gen = torch.Generator().manual_seed(ctx.seed)
 
-        asr = unlearn_asr(model, stamped_check, target, ctx.device)
-        ctx.log_metric("baeraser.unlearn_asr", asr, 0)
-        reported = 0
-        steps = 0
-        for epoch in range(1, params.epochs + 1):
-            if asr < params.threshold:
-                break
-            totals = {"ce": 0.0, "ascent": 0.0, "l1": 0.0}
-            batches = 0
-            for xb, yb in seeded_batches(ctx.unlearn, params.batch_size, gen, ctx.device):
-                model.train()
-                if not params.update_bn:
-                    set_batchnorm_eval(model)
-                mask = yb != target
-                ce = F.cross_entropy(model(xb), yb)
-                if bool(mask.any()):
-                    xt = stamp(ctx.attack, xb[mask], self.name)
-                    tt = torch.full((xt.shape[0],), target, dtype=torch.long, device=ctx.device)
-                    per_sample = F.cross_entropy(model(xt), tt, reduction="none")
-                    ascent = per_sample.clamp(max=params.cap).mean()
-                else:
-                    ascent = ce.new_zeros(())
-                l1 = sum((p - p0).abs().sum() for p, p0 in zip(model.parameters(), original))
-                loss = params.alpha * ce - ascent + params.l1_lambda * l1
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                totals["ce"] += float(ce.detach())
-                totals["ascent"] += float(ascent.detach())
-                totals["l1"] += float(l1.detach())
-                batches += 1
-                steps += 1
-                # Early stop as soon as the trigger no longer works on D_U (checked every step:
-                # one epoch over a large D_U is many steps, and the ascent can overshoot).
-                if steps % params.check_every == 0:
-                    asr = unlearn_asr(model, stamped_check, target, ctx.device)
-                    if asr < params.threshold:
-                        break
-            for key, value in totals.items():
-                ctx.log_metric(f"baeraser.{key}", value / max(batches, 1), epoch)
+        def unlearning_loss(net: nn.Module, xb: Tensor, yb: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+            mask = yb != target
+            ce = F.cross_entropy(net(xb), yb)
+            if bool(mask.any()):
+                xt = stamp(ctx.attack, xb[mask], self.name)
+                tt = torch.full((xt.shape[0],), target, dtype=torch.long, device=ctx.device)
+                per_sample = F.cross_entropy(net(xt), tt, reduction="none")
+                ascent = per_sample.clamp(max=params.cap).mean()
+            else:
+                ascent = ce.new_zeros(())
+            l1 = sum((p - p0).abs().sum() for p, p0 in zip(net.parameters(), original))
+            return params.alpha * ce - ascent + params.l1_lambda * l1, {"ce": ce, "ascent": ascent, "l1": l1}
+
+        def freeze_batchnorm(net: nn.Module) -> None:
+            set_batchnorm_mode(net, False)
+
+        def trigger_unlearned(state: LoopState) -> bool:
+            # Early stop as soon as the trigger no longer works on D_U: checked before the first
+            # step, every ``check_every`` steps (one epoch over a large D_U is many steps, and the
+            # ascent can overshoot) and after every epoch, where the ASR is also logged.
+            if not state.epoch_end and state.step % params.check_every != 0:
+                return False
             asr = unlearn_asr(model, stamped_check, target, ctx.device)
-            ctx.log_metric("baeraser.unlearn_asr", asr, epoch)
-            reported = epoch
-            ctx.progress("BaEraser unlearning", epoch, params.epochs)
-        if reported < params.epochs:  # stopped early: close the progress line
-            ctx.progress("BaEraser unlearning", params.epochs, params.epochs)
-        ctx.log_metric("baeraser.epochs_run", float(reported), None)
-        ctx.log_metric("baeraser.steps_run", float(steps), None)
+            if state.epoch_end:
+                ctx.log_metric("baeraser.unlearn_asr", asr, state.epoch)
+            return asr < params.threshold
+
+        result = train_loop(model, ctx.unlearn, params.train_config(), ctx.device, ctx.seed,
+                            loss=unlearning_loss, before_step=None if params.update_bn else freeze_batchnorm,
+                            stop=trigger_unlearned, on_epoch=metric_logger(ctx.log_metric, "baeraser.{}"),
+                            progress=ctx.progress, label="BaEraser unlearning")
+        ctx.log_metric("baeraser.epochs_run", float(result.epochs_run), None)
+        ctx.log_metric("baeraser.steps_run", float(result.step), None)
         check_finite(model, self.name)
         return model.eval()
 

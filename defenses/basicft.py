@@ -17,29 +17,21 @@ from typing import Callable, Literal
 from torch import nn
 
 import bdtool
+from bdtool.core.compute.modules import check_finite
+from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
 from bdtool.core.interfaces import Defense, DefenseContext
-from bdtool.core.compute.training import TrainConfig, train_supervised
-from bdtool.defenses._finetune import check_finite, epoch_logger
 
 
 @dataclass
-class FineTuneParams:
-    """Plain SGD fine-tuning (defaults: NAD's fine-tuning step, Li et al. 2021)."""
+class FineTuneParams(SGDParams):
+    """Plain SGD fine-tuning. Defaults: NAD's fine-tuning step (Li et al. 2021, see the module
+    docstring); momentum 0.9 is SGDParams'."""
 
     epochs: int = 10
     lr: float = 0.01
-    momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int = 64
-    schedule: Literal["constant", "cosine"] = "constant"
-
-    def validate(self) -> None:
-        self.train_config().validate()
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, momentum=self.momentum,
-                           weight_decay=self.weight_decay, batch_size=self.batch_size,
-                           schedule=self.schedule)
+    schedule: Literal["cosine", "constant", "step"] = "constant"
 
 
 class BasicFineTuning(Defense):
@@ -53,9 +45,9 @@ class BasicFineTuning(Defense):
     Params = FineTuneParams
 
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
-        config = self.params.train_config()
-        train_supervised(model, ctx.unlearn, config, ctx.device, ctx.seed, ctx.progress,
-                         epoch_logger(ctx, "basicft.loss"), label="basicFT fine-tuning")
+        train_loop(model, ctx.unlearn, self.params.train_config(), ctx.device, ctx.seed,
+                   on_epoch=metric_logger(ctx.log_metric, "basicft.{}"), progress=ctx.progress,
+                   label="basicFT fine-tuning")
         check_finite(model, self.name)
         return model.eval()
 

@@ -4,37 +4,36 @@ The supplement repairs an edited model by fine-tuning it for one epoch on D_U on
 limited to finetune only on unseen unlearn data", §B.2) and studies the learning rate η
 (Table 8: η = 1e-2 "was the most effective when aiming for a decent CTCA and a low ASR").
 The optimiser (SGD, momentum 0.9), the batch size min(n, 64), the constant schedule and the weight
-decay are our reconstruction (DESIGN.md §2, docs/method.md "Repair").
+decay are our reconstruction (docs/method.md, "Repair"). It trains in the shared loop
+(:func:`bdtool.core.compute.training.train_loop`, plain cross-entropy).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, Literal
 
 from torch import nn
 
 import bdtool
+from bdtool.core.compute.training import SGDParams, train_loop
+from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import DefenseContext, Repair
-from bdtool.core.compute.training import TrainConfig, check_sgd, train_supervised
 
 
 @dataclass
-class FinetuneRepairParams:
-    lr: float = 1e-2
-    """η (supplement Table 8: best 1e-2)."""
+class FinetuneRepairParams(SGDParams):
+    """The repair's SGD settings. Momentum 0.9 and weight decay 5e-4 are SGDParams' (bdtool's
+    victim-training defaults) *[reconstruction]*."""
+
     epochs: int = 1
     """One epoch in the supplement (§B.2)."""
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    """bdtool's training default (core/training.py) *[reconstruction]*."""
-    max_batch_size: int = 64
-    """Batch size = min(n, max_batch_size)."""
-
-    def validate(self) -> None:
-        check_sgd(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+    lr: float = 1e-2
+    """η (supplement Table 8: best 1e-2)."""
+    batch_size: int = 64
+    """At most this many samples per batch: the batch size is min(n, batch_size) *[reconstruction]*."""
+    schedule: Literal["cosine", "constant", "step"] = "constant"
+    """Constant η, as in the supplement's Table 8 *[reconstruction]*."""
 
 
 class FinetuneRepair(Repair):
@@ -46,18 +45,17 @@ class FinetuneRepair(Repair):
     description = "one epoch of SGD (momentum 0.9) on the clean D_U, learning rate lr (paper's repair, Table 8)"
     Params = FinetuneRepairParams
 
-    def config(self, n: int) -> TrainConfig:
-        p: FinetuneRepairParams = self.params
-        return TrainConfig(epochs=p.epochs, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
-                           batch_size=max(1, min(n, p.max_batch_size)), schedule="constant")
+    def config(self, n: int) -> SGDParams:
+        """The SGD settings for a D_U of ``n`` samples (batch size capped at n)."""
+        config = self.params.train_config()
+        return replace(config, batch_size=max(1, min(n, config.batch_size)))
 
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
-        from bdtool.core.errors import DefenseInputError
-
         if len(ctx.unlearn) == 0:
             raise DefenseInputError("repair 'finetune' needs at least one unlearning sample")
-        return train_supervised(model, ctx.unlearn, self.config(len(ctx.unlearn)), ctx.device, ctx.seed,
-                                ctx.progress, label="repair: fine-tuning on D_U")
+        train_loop(model, ctx.unlearn, self.config(len(ctx.unlearn)), ctx.device, ctx.seed,
+                   progress=ctx.progress, label="repair: fine-tuning on D_U")
+        return model
 
 
 @bdtool.hookimpl

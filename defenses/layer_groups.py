@@ -22,8 +22,9 @@ import difflib
 import torch
 from torch import Tensor, nn
 
-from bdtool.plugins.builtin.models import ResNet18, SmallCNN, VGGSmall
+from bdtool.core.compute.modules import ForwardCapture, preserve_modes
 from bdtool.core.errors import DefenseInputError
+from bdtool.plugins.builtin.models import ResNet18, SmallCNN, VGGSmall
 
 
 def _stage_end_relus(features: nn.Sequential) -> list[str]:
@@ -74,30 +75,18 @@ def probe_output_shapes(model: nn.Module, example: Tensor, names: list[str] | No
     order, from one eval-mode forward pass of ``example`` (BN statistics are not touched)."""
     modules = dict(model.named_modules())
     wanted = names if names is not None else [n for n, m in modules.items() if n and not list(m.children())]
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for name in wanted:
-        def hook(_m: nn.Module, _i: object, out: object, _name: str = name) -> None:
-            if isinstance(out, Tensor) and _name not in shapes:
-                shapes[_name] = tuple(out.shape)
-        handles.append(modules[name].register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
+    with ForwardCapture(model, wanted, first_only=True) as capture, preserve_modes(model):
+        model.eval()
         model(example)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return shapes
+    return {name: tuple(out.shape) for name, out in capture.outputs.items() if isinstance(out, Tensor)}
 
 
 def _spatial(shape: tuple[int, ...]) -> int:
     return shape[2] * shape[3] if len(shape) == 4 else 0
 
 
-def resolve_layers(model: nn.Module, example: Tensor, explicit: tuple[str, ...] | list[str] = (),
-                   fallback_count: int = 3, owner: str = "nad") -> list[str]:
+def distillation_layers(model: nn.Module, example: Tensor, explicit: tuple[str, ...] | list[str] = (),
+                        fallback_count: int = 3, owner: str = "nad") -> list[str]:
     """The module names whose outputs NAD distils (see the module docstring).
 
     Raises DefenseInputError for unknown names, names whose output is not a 4-D feature map, or a

@@ -21,47 +21,51 @@ all groups or one per group.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bdtool
+from bdtool.core.compute.modules import ForwardCapture, check_finite
+from bdtool.core.compute.training import SGDParams, check_sgd, metric_logger, train_loop
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
-from bdtool.core.compute.training import TrainConfig, check_sgd, train_supervised
-from bdtool.defenses._finetune import check_finite, epoch_logger, seeded_batches
-from bdtool.defenses.layer_groups import resolve_layers
+from bdtool.defenses.layer_groups import distillation_layers
 
 
 @dataclass
-class NADParams:
-    """NAD's defaults (Li et al. 2021, and its released code bboylyg/NAD)."""
+class NADParams(SGDParams):
+    """NAD's defaults (Li et al. 2021, and its released code bboylyg/NAD). The SGD fields are the
+    student's (20 epochs, lr 0.1 divided by 10 after ``lr_drop_epoch`` epochs, weight decay 1e-4,
+    batch size 64; momentum 0.9 is SGDParams'); the teacher shares them except its own epochs and
+    learning rate, with a constant schedule."""
 
-    teacher_epochs: int = 10
-    teacher_lr: float = 0.01
     epochs: int = 20
     lr: float = 0.1
-    lr_drop_epoch: int = 2
-    """After this many epochs the learning rate is divided by 10 (NAD's schedule)."""
-    momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int = 64
+    schedule: Literal["cosine", "constant", "step"] = "step"
+    lr_drop_epoch: int = 2
+    """After this many epochs the learning rate is divided by 10 (NAD's schedule, ``schedule=step``)."""
+    teacher_epochs: int = 10
+    teacher_lr: float = 0.01
     p: float = 2.0
     betas: tuple[float, ...] = (5000.0,)
     """β per layer group; a single value applies to every group."""
     layers: tuple[str, ...] = ()
     """Module names to distil; empty = chosen automatically (see layer_groups)."""
 
+    schedules: ClassVar[tuple[str, ...]] = ("step", "constant", "cosine")
+
     def validate(self) -> None:
         try:
             check_sgd(epochs=self.teacher_epochs, lr=self.teacher_lr)
         except ValueError as exc:
             raise ValueError(f"teacher_{exc}") from None
-        check_sgd(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                  batch_size=self.batch_size)
+        super().validate()
         if self.lr_drop_epoch < 0:
             raise ValueError("lr_drop_epoch must be >= 0")
         if self.p <= 0:
@@ -70,6 +74,11 @@ class NADParams:
             raise ValueError("betas must hold one or more values >= 0")
         if self.layers and len(self.betas) not in (1, len(self.layers)):
             raise ValueError(f"give one beta or one per layer ({len(self.layers)}), not {len(self.betas)}")
+
+    def teacher_config(self) -> SGDParams:
+        """The teacher's fine-tuning: the student's SGD settings with the teacher's epochs and lr,
+        constant schedule (NAD's teacher step)."""
+        return replace(self.train_config(), epochs=self.teacher_epochs, lr=self.teacher_lr, schedule="constant")
 
 
 def attention_map(a: Tensor, p: float) -> Tensor:
@@ -80,24 +89,6 @@ def attention_map(a: Tensor, p: float) -> Tensor:
 
 def attention_loss(student: Tensor, teacher: Tensor, p: float) -> Tensor:
     return F.mse_loss(attention_map(student, p), attention_map(teacher, p))
-
-
-class _Capture:
-    """Forward hooks that keep the latest output of each named module."""
-
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
-        modules = dict(model.named_modules())
-        self.outputs: dict[str, Tensor] = {}
-        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
-
-    def _hook(self, name: str):
-        def hook(_m: nn.Module, _i: object, out: Tensor) -> None:
-            self.outputs[name] = out
-        return hook
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 class NeuralAttentionDistillation(Defense):
@@ -113,7 +104,7 @@ class NeuralAttentionDistillation(Defense):
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
         params: NADParams = self.params
         example = ctx.unlearn.x[:1].to(ctx.device)
-        layers = resolve_layers(model, example, params.layers, owner=self.name)
+        layers = distillation_layers(model, example, params.layers, owner=self.name)
         betas = list(params.betas) * len(layers) if len(params.betas) == 1 else list(params.betas)
         if len(betas) != len(layers):
             raise DefenseInputError(
@@ -122,49 +113,30 @@ class NeuralAttentionDistillation(Defense):
             )
         # 1. Teacher: fine-tuned copy.
         teacher = copy.deepcopy(model)
-        teacher_cfg = TrainConfig(epochs=params.teacher_epochs, lr=params.teacher_lr, momentum=params.momentum,
-                                  weight_decay=params.weight_decay, batch_size=params.batch_size,
-                                  schedule="constant")
-        train_supervised(teacher, ctx.unlearn, teacher_cfg, ctx.device, ctx.seed, ctx.progress,
-                         epoch_logger(ctx, "nad.teacher_loss"), label="NAD teacher fine-tuning")
+        train_loop(teacher, ctx.unlearn, params.teacher_config(), ctx.device, ctx.seed,
+                   on_epoch=metric_logger(ctx.log_metric, "nad.teacher_{}"), progress=ctx.progress,
+                   label="NAD teacher fine-tuning")
         teacher.eval()
         for prm in teacher.parameters():
             prm.requires_grad_(False)
 
-        # 2. Student: CE + attention distillation.
-        student_hooks = _Capture(model, layers)
-        teacher_hooks = _Capture(teacher, layers)
-        optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
-                                    weight_decay=params.weight_decay, nesterov=params.momentum > 0)
-        gen = torch.Generator().manual_seed(ctx.seed + 1)
-        try:
-            for epoch in range(1, params.epochs + 1):
-                lr = params.lr if epoch <= params.lr_drop_epoch else params.lr * 0.1
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                model.train()
-                total_ce = total_at = 0.0
-                count = 0
-                for xb, yb in seeded_batches(ctx.unlearn, params.batch_size, gen, ctx.device):
-                    with torch.no_grad():
-                        teacher(xb)
-                    logits = model(xb)
-                    ce = F.cross_entropy(logits, yb)
-                    at = sum(beta * attention_loss(student_hooks.outputs[name], teacher_hooks.outputs[name].detach(), params.p)
-                             for name, beta in zip(layers, betas))
-                    loss = ce + at
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total_ce += float(ce.detach()) * len(yb)
-                    total_at += float(at.detach()) * len(yb)
-                    count += len(yb)
-                ctx.log_metric("nad.ce_loss", total_ce / max(count, 1), epoch)
-                ctx.log_metric("nad.at_loss", total_at / max(count, 1), epoch)
-                ctx.progress("NAD attention distillation", epoch, params.epochs)
-        finally:
-            student_hooks.close()
-            teacher_hooks.close()
+        # 2. Student: CE + attention distillation, in the same loop.
+        with ForwardCapture(model, layers) as student_maps, ForwardCapture(teacher, layers) as teacher_maps:
+
+            def distillation_loss(student: nn.Module, xb: Tensor, yb: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+                with torch.no_grad():
+                    teacher(xb)
+                ce = F.cross_entropy(student(xb), yb)
+                at = sum(beta * attention_loss(student_maps.outputs[name], teacher_maps.outputs[name].detach(), params.p)
+                         for name, beta in zip(layers, betas))
+                return ce + at, {"ce_loss": ce, "at_loss": at}
+
+            # Nesterov momentum and a generator seeded with seed + 1: NAD's released code, and
+            # batches that differ from the teacher's.
+            train_loop(model, ctx.unlearn, params.train_config(), ctx.device, ctx.seed + 1,
+                       loss=distillation_loss, nesterov=True, lr_drop_epoch=params.lr_drop_epoch,
+                       on_epoch=metric_logger(ctx.log_metric, "nad.{}"), progress=ctx.progress,
+                       label="NAD attention distillation")
         check_finite(model, self.name)
         return model.eval()
 

@@ -19,15 +19,16 @@ import torch
 from torch import nn
 
 import bdtool
+from bdtool.core.compute.modules import check_finite, is_batchnorm
+from bdtool.core.compute.training import SGDParams, check_sgd, metric_logger, train_loop
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
-from bdtool.core.compute.training import TrainConfig, check_sgd, train_supervised
-from bdtool.defenses._finetune import check_finite, epoch_logger
 
 
 @dataclass
 class RetrainParams:
-    """Overrides of the victim's training recipe (None = the victim's value)."""
+    """Overrides of the victim's training recipe (None = the victim's value). Not an SGDParams:
+    the defaults come from the victim (``ctx.train_recipe``), not from this declaration."""
 
     epochs: int | None = None
     lr: float | None = None
@@ -51,7 +52,7 @@ def reinitialise(model: nn.Module, owner: str = "retrain") -> nn.Module:
             module.reset_parameters()
         elif own:
             stuck.append(name or type(module).__name__)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if is_batchnorm(module):
             module.reset_running_stats()
     if stuck:
         raise DefenseInputError(
@@ -72,8 +73,8 @@ class Retraining(Defense):
     needs_training_set = True
     Params = RetrainParams
 
-    def recipe(self, ctx: DefenseContext) -> TrainConfig:
-        base = ctx.train_recipe if ctx.train_recipe is not None else TrainConfig()
+    def recipe(self, ctx: DefenseContext) -> SGDParams:
+        base = ctx.train_recipe if ctx.train_recipe is not None else SGDParams()
         overrides = {k: v for k, v in vars(self.params).items() if v is not None}
         config = replace(base, **overrides)
         return config
@@ -85,8 +86,9 @@ class Retraining(Defense):
         config = self.recipe(ctx)
         torch.manual_seed(ctx.seed)
         fresh = reinitialise(model, self.name).to(ctx.device)
-        train_supervised(fresh, ctx.train, config, ctx.device, ctx.seed, ctx.progress,
-                         epoch_logger(ctx, "retrain.loss"), label="Retraining from scratch")
+        train_loop(fresh, ctx.train, config, ctx.device, ctx.seed,
+                   on_epoch=metric_logger(ctx.log_metric, "retrain.{}"), progress=ctx.progress,
+                   label="Retraining from scratch")
         check_finite(fresh, self.name)
         return fresh.eval()
 

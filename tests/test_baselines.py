@@ -216,14 +216,14 @@ def test_reinitialise_resets_everything_or_refuses():
     ("vgg", 32, ["features.13", "features.20", "features.27"]),
 ])
 def test_nad_layer_groups_for_builtin_models(arch, size, expected):
-    from bdtool.defenses.layer_groups import resolve_layers
+    from bdtool.defenses.layer_groups import distillation_layers
 
     model = get_registries().models.get(arch)().build(1, size, 10)
-    assert resolve_layers(model, torch.rand(1, 1, size, size)) == expected
+    assert distillation_layers(model, torch.rand(1, 1, size, size)) == expected
 
 
 def test_nad_layer_groups_fall_back_for_other_models():
-    from bdtool.defenses.layer_groups import resolve_layers
+    from bdtool.defenses.layer_groups import distillation_layers
 
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -231,20 +231,20 @@ def test_nad_layer_groups_fall_back_for_other_models():
         nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
     )
     # last module of each distinct 4-D shape: 4x16x16 (ReLU), 4x8x8 / 8x8x8 (pool, ReLU), 8x4x4 (pool)
-    assert resolve_layers(model, torch.rand(1, 1, 16, 16), fallback_count=2) == ["4", "5"]
+    assert distillation_layers(model, torch.rand(1, 1, 16, 16), fallback_count=2) == ["4", "5"]
 
 
 def test_nad_explicit_layers_are_checked():
     from bdtool.plugins.builtin.models import SmallCNN
-    from bdtool.defenses.layer_groups import resolve_layers
+    from bdtool.defenses.layer_groups import distillation_layers
 
     model = SmallCNN(1, 8, 10)
     x = torch.rand(1, 1, 8, 8)
-    assert resolve_layers(model, x, ("features.2",)) == ["features.2"]
+    assert distillation_layers(model, x, ("features.2",)) == ["features.2"]
     with pytest.raises(DefenseInputError, match="unknown layer"):
-        resolve_layers(model, x, ("features.99",))
+        distillation_layers(model, x, ("features.99",))
     with pytest.raises(DefenseInputError, match="4-D"):
-        resolve_layers(model, x, ("classifier.1",))
+        distillation_layers(model, x, ("classifier.1",))
 
 
 def test_nad_attention_map_is_normalised():

@@ -16,7 +16,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU (DESIGN.md §8)."""
+    """``auto`` is CUDA when available, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
@@ -29,7 +29,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Same seed, same device -> same numbers (DESIGN.md §10)."""
+    """Same seed, same device -> same numbers (Python, NumPy and torch generators)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -41,7 +41,7 @@ def synchronize(device: torch.device) -> None:
 
 
 class Stopwatch:
-    """Wall time of a block, synchronised on CUDA so queued kernels are counted (DESIGN.md §7)."""
+    """Wall time of a block, synchronised on CUDA so queued kernels are counted."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
