@@ -1,6 +1,6 @@
 """bdtool: remove backdoors from image classifiers and compare defenses fairly.
 
-Plugins write ``@bdtool.hookimpl`` (DESIGN.md §3); everything else lives in the subpackages
+Plugins write ``@bdtool.hookimpl`` (docs/plugins.md); everything else lives in the subpackages
 ``bdtool.core``, ``bdtool.defenses``, ``bdtool.plugins`` and ``bdtool.cli``.
 """
 

@@ -1,4 +1,4 @@
-"""Ablation of the "ours" defense (DESIGN.md §4; docs/method.md reports the numbers).
+"""Ablation of the "ours" defense (docs/method.md describes it and reports the numbers).
 
 Run from the repository root:
 
@@ -40,12 +40,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import torch  # noqa: E402
 
 from bdtool.core.errors import BdtoolError  # noqa: E402
+from bdtool.core.experiment.context import defense_context  # noqa: E402
+from bdtool.core.experiment.evaluation import evaluate, score  # noqa: E402
 from bdtool.core.interfaces import DefenseContext  # noqa: E402
-from bdtool.core.experiment.evaluation import evaluate, score
 from bdtool.core.results import EvalResult  # noqa: E402
 from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, get_victim  # noqa: E402
 from bdtool.defenses.activation_editing import ActivationEditing, infer_target_class  # noqa: E402
 from bdtool.defenses.finetune_repair import FinetuneRepair  # noqa: E402
+from bdtool.plugins import get_registries  # noqa: E402
 
 CPU = torch.device("cpu")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,13 +61,9 @@ def mode_options(mode: str) -> tuple[bool, dict[str, Any]]:
 
 
 def make_context(victim: Victim, n: int, seed: int, bdk: bool, log: dict[str, float]) -> DefenseContext:
-    data = victim.data
-    return DefenseContext(
-        unlearn=data.draw_unlearn(n, seed), num_classes=data.num_classes, device=CPU, seed=seed,
-        attack=victim.attack if bdk else None, target_class=victim.attack.target_class,
-        draw_unlearn=lambda only_class=None: data.draw_unlearn(n, seed, only_class),
-        log_metric=lambda key, value, step=None: log.__setitem__(key, value),
-    )
+    # The one factory the runner uses (bdtool.core.experiment.context): same D_U and class drawer.
+    return defense_context(victim, ActivationEditing, n, seed, CPU, trigger=bdk, target=True,
+                           log_metric=lambda key, value, step=None: log.__setitem__(key, value))
 
 
 def metrics(result: EvalResult, before: EvalResult) -> dict[str, float]:
@@ -247,7 +245,7 @@ class Ablation:
                                       fmt(a, "min_class"), fmt(a, "score"), _err(a)])
         self.sections["layers"] = results
         self.table("Edited layers × activation point × knowledge (bn=auto, λ=1, γ=0.5, α=0, β=−1)",
-                   "ASR/ACC/CTCA/min-class in %, mean±std over seeds; Score as DESIGN.md §7.",
+                   "ASR/ACC/CTCA/min-class in %, mean±std over seeds; Score as in README \"Metrics\".",
                    ["layers", "act.", "knowledge / D_U", "n", "ASR", "ACC", "CTCA", "min class", "Score", "note"], lines)
 
     def bn(self) -> None:
@@ -386,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
 
-    env = RunEnv(device=CPU, tracking_uri=args.tracking_uri, experiment=args.experiment)
+    env = RunEnv(registries=get_registries(), device=CPU, tracking_uri=args.tracking_uri, experiment=args.experiment)
     started = time.perf_counter()
     victim = get_victim(VictimSpec(dataset=args.dataset), env)
     b = victim.before

@@ -25,7 +25,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import torch
 
 from bdtool.core.compute.device import timed
-from bdtool.core.interfaces import DefenseContext
+from bdtool.core.experiment.context import defense_context
 from bdtool.core.experiment.evaluation import evaluate, score
 from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim
 from bdtool.plugins import get_registries
@@ -57,14 +57,9 @@ def fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
 def run_one(victim, label: str, name: str, bdk: bool, n: int, seed: int, device: torch.device) -> dict:
     cls = get_registries().defenses.get(name)
     data = victim.data
-    train = data.clean_train() if cls.needs_training_set else None
-    # Retraining ignores D_U; it still gets one (the smallest n) so the context is complete.
-    ctx = DefenseContext(
-        unlearn=data.draw_unlearn(max(n, 1), seed), num_classes=data.num_classes, device=device, seed=seed,
-        attack=victim.attack if bdk else None, target_class=victim.attack.target_class,
-        draw_unlearn=lambda only_class=None: data.draw_unlearn(n, seed, only_class),
-        train=train, train_recipe=victim.train_config if train is not None else None,
-    )
+    # The one factory the runner uses: retraining gets the clean training set and an empty D_U.
+    ctx = defense_context(victim, cls, n, seed, device, trigger=bdk, target=True)
+    train = ctx.train
     defense = cls()
     torch.manual_seed(seed)
     with timed(device) as watch:
@@ -138,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in ROWS if r[1] in known and (not wanted or r[1] in wanted)]
     command = "python benchmarks/baselines_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    victim = get_victim(VictimSpec(dataset="fashion-mnist"), RunEnv(device=device, tracking_uri=args.tracking_uri))
+    victim = get_victim(VictimSpec(dataset="fashion-mnist"), RunEnv(registries=get_registries(), device=device,
+                                                                         tracking_uri=args.tracking_uri))
     print(f"victim: ACC {victim.before.acc:.4f} ASR {victim.before.asr:.4f} CTCA {victim.before.ctca:.4f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

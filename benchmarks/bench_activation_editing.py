@@ -10,7 +10,7 @@ For n in 5, 50, 500, 5000 it times, interleaved and repeated (median reported):
     ``apply`` alone;
   - ours ¬BDK with nobdk_source=target (n ≤ the pool's target-class count), whose D_U is drawn by
     the defense itself; its reference pass is over those same target-class images.
-Targets (DESIGN.md issue 3): ratio ≤ 1.5 without BDK, about 2 passes with BDK.
+Targets (docs/method.md, "Benchmark"): ratio ≤ 1.5 without BDK, about 2 passes with BDK.
 Results: benchmarks/results/bench_activation_editing_<dataset>.{md,json}.
 """
 
@@ -31,9 +31,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
 
-from bdtool.core.interfaces import DefenseContext  # noqa: E402
+from bdtool.core.experiment.context import defense_context  # noqa: E402
 from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim  # noqa: E402
 from bdtool.defenses.activation_editing import ActivationEditing  # noqa: E402
+from bdtool.plugins import get_registries  # noqa: E402
 
 CPU = torch.device("cpu")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     samples = args.samples or [5, 50, 500, 5000]
 
-    victim = get_victim(VictimSpec(dataset=args.dataset), RunEnv(device=CPU, tracking_uri=args.tracking_uri,
+    victim = get_victim(VictimSpec(dataset=args.dataset), RunEnv(registries=get_registries(), device=CPU,
+                                                                 tracking_uri=args.tracking_uri,
                                                                  experiment=args.experiment))
     data = victim.data
     target = victim.attack.target_class
@@ -74,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     for n in samples:
         if n > len(data.pool):
             continue
-        unlearn = data.draw_unlearn(n, 0)
+        # Contexts from the runner's factory, built once outside the timed calls (same D_U).
+        contexts = {bdk: defense_context(victim, ActivationEditing, n, 0, CPU, trigger=bdk, target=True)
+                    for bdk in (False, True)}
+        unlearn = contexts[False].unlearn
 
-        def ctx(bdk: bool) -> DefenseContext:
-            return DefenseContext(unlearn=unlearn, num_classes=data.num_classes, device=CPU, seed=0,
-                                  attack=victim.attack if bdk else None, target_class=target,
-                                  draw_unlearn=lambda only_class=None: data.draw_unlearn(n, 0, only_class))
+        def ctx(bdk: bool):
+            return contexts[bdk]
 
         variants: dict[str, Callable[[], Any]] = {}
         ref = copy.deepcopy(victim.model)

@@ -1,4 +1,4 @@
-"""Option sets shared by several commands (STYLE.md lesson 7)."""
+"""Option sets shared by several commands (one definition per option, so commands agree)."""
 
 from __future__ import annotations
 

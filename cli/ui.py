@@ -1,4 +1,5 @@
-"""``bdtool ui``: the MLflow UI for the same store, bound to 127.0.0.1 (DESIGN.md §9, §10)."""
+"""``bdtool ui``: the MLflow UI for the same store, bound to 127.0.0.1 (README "MLflow";
+docs/architecture.md, "MLflow")."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ import sys
 import click
 
 from bdtool.cli.main import main
+from bdtool.core.tracking import artifact_root_for, resolve_tracking_uri, setup_tracking
 
 
 def server_command(tracking_uri: str, port: int) -> list[str]:
-    from bdtool.core.tracking import artifact_root_for
-
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     root = artifact_root_for(tracking_uri)
@@ -37,8 +37,6 @@ def server_env() -> dict[str, str]:
               help="MLflow store (default sqlite:///mlruns/mlflow.db).")
 def ui(port: int, tracking_uri: str | None) -> None:
     """Serve the MLflow UI for bdtool's store on 127.0.0.1 until Ctrl-C."""
-    from bdtool.core.tracking import resolve_tracking_uri, setup_tracking
-
     uri = resolve_tracking_uri(tracking_uri)
     setup_tracking(uri)
     # Our own handlers: a process started in the background by a shell inherits SIGINT as

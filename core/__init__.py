@@ -1,4 +1,6 @@
-"""bdtool.core: interfaces, data, models, attacks, training, metrics, runner and tracking.
+"""bdtool.core: the contracts (interfaces, errors, params, registry, tensors, data, results) at the
+top level; ``compute``, ``experiment`` and ``tracking`` below them.
 
-The core knows interfaces and registries, never concrete defenses (DESIGN.md §2).
+The core knows interfaces and registries, never concrete defenses, attacks, datasets or models
+(docs/architecture.md, "Layers").
 """

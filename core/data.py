@@ -1,4 +1,5 @@
-"""A loaded dataset: train and test splits as tensors in [0,1], NCHW (DESIGN.md §6)."""
+"""A loaded dataset: train and test splits as tensors in [0,1], NCHW (docs/architecture.md,
+"Data protocol")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Name -> component registries with close-match suggestions (DESIGN.md §2, STYLE.md lesson 2)."""
+"""Name -> component registries with close-match suggestions (docs/architecture.md,
+"Layers"): an unknown name is an error that suggests the closest names."""
 
 from __future__ import annotations
 

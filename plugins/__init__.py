@@ -1,4 +1,5 @@
-"""bdtool.plugins: pluggy hookspecs, the plugin manager and the component registries (DESIGN.md §3)."""
+"""bdtool.plugins: pluggy hookspecs, the plugin manager and the component registries (docs/plugins.md;
+docs/architecture.md, "Where new things go")."""
 
 from bdtool.plugins.registries import Registries, get_registries, reset_registries
 

@@ -1,5 +1,5 @@
 """The plugin manager: loads the entry-point group ``bdtool``, skipping (and reporting) plugins
-that fail to import, so one broken plugin never takes the others down (DESIGN.md §3)."""
+that fail to import, so one broken plugin never takes the others down (docs/plugins.md)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from bdtool.defenses.activation_editing import (
     ActivationEditing,
     ActivationEditingParams,
     parse_layer_spec,
-    resolve_layers,
+    select_edited_layers,
 )
 
 CPU = torch.device("cpu")
@@ -86,17 +86,17 @@ def test_layer_specs(digits_victim):
     model = digits_victim.model
     x = digits_victim.data.pool.x[:2]
     assert parse_layer_spec("classifier") == ("last", 1)
-    assert [n for n, _ in resolve_layers(model, "last1", x)] == ["classifier.3"]
-    assert [n for n, _ in resolve_layers(model, "last2", x)] == ["classifier.1", "classifier.3"]
+    assert [n for n, _ in select_edited_layers(model, "last1", x)] == ["classifier.3"]
+    assert [n for n, _ in select_edited_layers(model, "last2", x)] == ["classifier.1", "classifier.3"]
     # digits: 8x8 -> pool -> 4x4 (conv 3, 4) -> pool -> 2x2; the last stage is conv 3, 4 and the head.
-    assert [n for n, _ in resolve_layers(model, "after-downsampling", x)] == [
+    assert [n for n, _ in select_edited_layers(model, "after-downsampling", x)] == [
         "features.7", "features.10", "classifier.1", "classifier.3"]
-    assert len(resolve_layers(model, "all", x)) == 6
-    assert [n for n, _ in resolve_layers(model, "features.10+classifier.3", x)] == ["features.10", "classifier.3"]
+    assert len(select_edited_layers(model, "all", x)) == 6
+    assert [n for n, _ in select_edited_layers(model, "features.10+classifier.3", x)] == ["features.10", "classifier.3"]
     with pytest.raises(DefenseInputError, match="classifier.3"):
-        resolve_layers(model, "classifier.9", x)
+        select_edited_layers(model, "classifier.9", x)
     with pytest.raises(DefenseInputError, match="BatchNorm2d"):
-        resolve_layers(model, "features.1", x)
+        select_edited_layers(model, "features.1", x)
 
 
 # --------------------------------------------------------------------------- the edit itself

@@ -60,15 +60,53 @@ def test_metrics_on_a_hand_made_case():
     assert result.asr == pytest.approx(1.0)
 
 
-def test_score_formula_matches_supplement_rows():
-    before = EvalResult(acc=0.7050, asr=0.9453, ctca=0.6, per_class_acc=[0.6], n_eval=1, target_class=0)
-    # Table 7, Ours(BDK) n=5: ASR 0, ACC 65.37 -> Score 92.51 (reported), formula gives 92.7.
-    after = EvalResult(acc=0.6537, asr=0.0, ctca=0.0, per_class_acc=[0.0], n_eval=1, target_class=0)
-    assert score(after, before) == pytest.approx(92.51, abs=0.5)
-    # Table 7, actFT n=5000: ASR 5.28, ACC 69.64 -> Score 92.95.
-    after = EvalResult(acc=0.6964, asr=0.0528, ctca=0.58, per_class_acc=[0.58], n_eval=1, target_class=0)
-    assert score(after, before) == pytest.approx(92.95, abs=0.5)
-    # An ASR above the victim's clamps to 0.
-    worse = EvalResult(acc=0.7, asr=0.99, ctca=0.6, per_class_acc=[0.6], n_eval=1, target_class=0)
-    assert score(worse, before) == 0.0
-    assert math.isnan(score(after, EvalResult(0.7, 0.0, 0.6, [0.6], 1, 0)))
+def result(acc: float, asr: float) -> EvalResult:
+    return EvalResult(acc=acc, asr=asr, ctca=0.5, per_class_acc=[0.5], n_eval=1, target_class=0)
+
+
+VICTIM = result(acc=0.8, asr=0.9)
+
+
+def test_score_is_100_for_a_perfect_defense():
+    assert score(result(acc=0.8, asr=0.0), VICTIM) == pytest.approx(100.0)
+
+
+def test_score_is_0_when_the_asr_does_not_drop():
+    assert score(result(acc=0.8, asr=0.9), VICTIM) == 0.0
+    assert score(result(acc=0.95, asr=0.9), VICTIM) == 0.0  # a better ACC does not help
+
+
+def test_score_clamps_at_0_when_the_asr_rises():
+    assert score(result(acc=0.8, asr=1.0), VICTIM) == 0.0
+    assert score(result(acc=0.5, asr=0.99), VICTIM) == 0.0
+
+
+def test_score_hand_computed_cases():
+    # 100 · (0.6 / 0.8) · (1 − 0.45 / 0.9) = 100 · 0.75 · 0.5
+    assert score(result(acc=0.6, asr=0.45), VICTIM) == pytest.approx(37.5)
+    # 100 · (0.4 / 0.8) · (1 − 0) : the ACC ratio alone
+    assert score(result(acc=0.4, asr=0.0), VICTIM) == pytest.approx(50.0)
+    # 100 · 1 · (1 − 0.09 / 0.9)
+    assert score(result(acc=0.8, asr=0.09), VICTIM) == pytest.approx(90.0)
+    # A model that collapsed to one class has no accuracy left: Score 0 whatever its ASR.
+    assert score(result(acc=0.0, asr=0.0), VICTIM) == 0.0
+
+
+def test_score_scales_with_the_acc_ratio():
+    base = score(result(acc=0.4, asr=0.3), VICTIM)
+    assert base > 0
+    for factor in (0.25, 0.5, 1.5, 2.0):
+        assert score(result(acc=0.4 * factor, asr=0.3), VICTIM) == pytest.approx(base * factor)
+    # Halving the victim's ACC doubles the Score of the same defended model.
+    assert score(result(acc=0.4, asr=0.3), result(acc=0.4, asr=0.9)) == pytest.approx(2 * base)
+
+
+def test_score_falls_as_the_asr_rises():
+    values = [score(result(acc=0.7, asr=a), VICTIM) for a in (0.0, 0.1, 0.3, 0.6, 0.9)]
+    assert values == sorted(values, reverse=True) and len(set(values)) == len(values)
+
+
+def test_score_is_nan_without_a_reference_asr_or_acc():
+    after = result(acc=0.7, asr=0.0)
+    assert math.isnan(score(after, result(acc=0.8, asr=0.0)))
+    assert math.isnan(score(after, result(acc=0.0, asr=0.9)))

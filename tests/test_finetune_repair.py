@@ -17,9 +17,14 @@ def test_registered_as_plugin():
     assert get_registries().repairs.get("finetune") is FinetuneRepair
 
 
-def test_defaults():
-    p = FinetuneRepairParams()
-    assert p.lr == 1e-2 and p.epochs == 1 and p.momentum == 0.9
+def test_default_lr_is_the_rows_default_and_unlabelled():
+    """``repair=0.01`` rows are labelled without η because 0.01 is the default; the repair's own
+    default must be that same value, or an unlabelled row would silently use another η."""
+    from bdtool.core.experiment.rows import DEFAULT_REPAIR_LR
+
+    assert FinetuneRepairParams().lr == DEFAULT_REPAIR_LR
+    assert FinetuneRepair().config(50).lr == DEFAULT_REPAIR_LR
+    assert FinetuneRepair(FinetuneRepair.make_params({"lr": "0.5"})).config(50).lr == 0.5
 
 
 @pytest.mark.parametrize("bad", [{"lr": "0"}, {"lr": "-1"}, {"epochs": "0"}, {"momentum": "1.5"}])
@@ -37,8 +42,6 @@ def test_config_is_one_epoch_constant_lr_small_batches():
 
 
 def test_runs_one_epoch_and_changes_weights(digits_victim, make_context, monkeypatch):
-    import bdtool.defenses.finetune_repair as module
-
     steps = []
     real_step = torch.optim.SGD.step
 
@@ -58,7 +61,6 @@ def test_runs_one_epoch_and_changes_weights(digits_victim, make_context, monkeyp
     for key, value in edited.state_dict().items():  # repair() works on a copy
         assert torch.equal(value, before[key])
     assert not repaired.training
-    assert module.FinetuneRepair is FinetuneRepair
 
 
 def test_repair_is_seeded(digits_victim, make_context):

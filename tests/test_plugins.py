@@ -88,3 +88,45 @@ def test_bdtool_plugins_env_restricts_loading(site, monkeypatch):
     monkeypatch.setenv("BDTOOL_PLUGINS", "datasets,noop")
     loaded = load_plugins()
     assert sorted(p.name for p in loaded.plugins) == ["datasets", "noop"]
+
+
+BAD_REGISTRATIONS = '''
+import bdtool
+
+class NotADefense:
+    name = "not-a-defense"
+
+@bdtool.hookimpl
+def bdtool_register_defenses(register):
+    register(NotADefense)
+
+@bdtool.hookimpl
+def bdtool_register_sweeps(register):
+    register({"name": "not-a-sweep", "rows": ["ours"]})
+'''
+
+
+def test_registering_the_wrong_type_is_a_plugin_failure_not_a_crash(site):
+    make_distribution(site, "bdtool-badreg", "badreg", "bdtool_badreg_plugin", BAD_REGISTRATIONS)
+    regs = build_registries(load_plugins())
+    failures = [f for f in regs.failures if f.name == "badreg"]
+    by_hook = {f.error.split(":")[0]: f for f in failures}
+    assert set(by_hook) == {"bdtool_register_defenses", "bdtool_register_sweeps"}, failures
+    assert all(f.distribution == "bdtool-badreg" for f in failures)
+    defense_error = by_hook["bdtool_register_defenses"].error
+    assert "NotADefense" in defense_error and "not a subclass of Defense" in defense_error
+    assert "not an instance of Sweep" in by_hook["bdtool_register_sweeps"].error
+    assert "not-a-defense" not in regs.defenses and "not-a-sweep" not in regs.sweeps
+    # The rest loads: built-ins and the other plugins are all there.
+    assert "digits" in regs.datasets and "table7" in regs.sweeps and "ours" in regs.defenses
+
+
+def test_unknown_defense_after_loading_suggests_close_matches(site):
+    make_distribution(site, "bdtool-noop", "noop", "bdtool_noop_plugin4", PLUGIN_SOURCE.format(defense="noop-defense"))
+    regs = build_registries(load_plugins())
+    from bdtool.core.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError) as info:
+        regs.defenses.get("noop-defence")
+    assert "did you mean 'noop-defense'?" in str(info.value)
+    assert "noop-defense" in str(info.value).split("Known:")[1]

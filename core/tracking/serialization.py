@@ -1,5 +1,5 @@
 """Safe model files: plain state dicts only. Models are untrusted input in this field, so we never
-unpickle arbitrary objects (DESIGN.md §10): ``torch.load(..., weights_only=True)``."""
+unpickle arbitrary objects (docs/architecture.md, "MLflow"): ``torch.load(..., weights_only=True)``."""
 
 from __future__ import annotations
 

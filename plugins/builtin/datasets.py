@@ -1,8 +1,9 @@
 """Built-in datasets: scikit-learn's embedded ``digits`` and torchvision-backed image sets.
 
 ``digits`` needs no download (the default demo and the tests). Fashion-MNIST is read from
-Debian's ``dataset-fashion-mnist`` files when present (DESIGN.md §6, §9b); the others come through
-torchvision from ``--data-dir``, downloading only with ``--download``.
+Debian's ``dataset-fashion-mnist`` files when present (README "Data"); the others come through
+torchvision from ``--data-dir``, downloading only with ``--download``. scikit-learn and
+torchvision are heavy, so each is imported inside the loader that uses it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Digits(DatasetSource):
     description = "scikit-learn's embedded 8x8 digits (no download)"
 
     def load(self, data_dir: str | None = None, download: bool = False) -> DataBundle:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # heavy: imported on use
         from sklearn.model_selection import train_test_split
 
         digits = load_digits()
@@ -100,7 +101,7 @@ class _TorchvisionSource(DatasetSource):
 class FashionMNIST(_TorchvisionSource):
     """Fashion-MNIST (28×28 grey, 10 classes). Debian's ``dataset-fashion-mnist`` ships the
     original ``.gz`` files, which torchvision 0.29 will not read in place; they are decompressed
-    once into ``<data-dir>/FashionMNIST/raw/`` (DESIGN.md §9b)."""
+    once into ``<data-dir>/FashionMNIST/raw/`` (README "Data")."""
 
     name = "fashion-mnist"
     description = "Fashion-MNIST 28x28 (Debian dataset-fashion-mnist, or --download)"
@@ -123,7 +124,7 @@ class FashionMNIST(_TorchvisionSource):
                 tmp.replace(raw / f)
 
     def open_split(self, root: Path, train: bool, download: bool) -> Any:
-        from torchvision.datasets import FashionMNIST as TV
+        from torchvision.datasets import FashionMNIST as TV  # heavy: imported on use
 
         return TV(str(root), train=train, download=download)
 
@@ -133,7 +134,7 @@ class MNIST(_TorchvisionSource):
     description = "MNIST 28x28 (torchvision; --data-dir or --download)"
 
     def open_split(self, root: Path, train: bool, download: bool) -> Any:
-        from torchvision.datasets import MNIST as TV
+        from torchvision.datasets import MNIST as TV  # heavy: imported on use
 
         return TV(str(root), train=train, download=download)
 
@@ -143,7 +144,7 @@ class CIFAR10(_TorchvisionSource):
     description = "CIFAR-10 32x32 colour (torchvision; --data-dir or --download)"
 
     def open_split(self, root: Path, train: bool, download: bool) -> Any:
-        from torchvision.datasets import CIFAR10 as TV
+        from torchvision.datasets import CIFAR10 as TV  # heavy: imported on use
 
         return TV(str(root), train=train, download=download)
 
@@ -153,7 +154,7 @@ class SVHN(_TorchvisionSource):
     description = "SVHN 32x32 colour (torchvision; --data-dir or --download)"
 
     def open_split(self, root: Path, train: bool, download: bool) -> Any:
-        from torchvision.datasets import SVHN as TV
+        from torchvision.datasets import SVHN as TV  # heavy: imported on use
 
         return TV(str(root), split="train" if train else "test", download=download)
 
@@ -169,8 +170,8 @@ class GTSRB(_TorchvisionSource):
     description = "GTSRB resized to 32x32 (torchvision; --data-dir or --download)"
 
     def open_split(self, root: Path, train: bool, download: bool) -> Any:
-        from torchvision import transforms
-        from torchvision.datasets import GTSRB as TV
+        from torchvision import transforms  # heavy: imported on use
+        from torchvision.datasets import GTSRB as TV  # heavy: imported on use
 
         return TV(str(root), split="train" if train else "test", download=download,
                   transform=transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()]))
