@@ -14,7 +14,12 @@ import click
 
 import bdtool
 from bdtool.cli.options import env_options, parse_key_values, victim_options
+from bdtool.core.compute.device import resolve_device
 from bdtool.core.errors import BdtoolError
+from bdtool.core.experiment.progress import ProgressPrinter
+from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim
+from bdtool.core.params import params_to_dict
+from bdtool.plugins import get_registries
 
 
 class BdtoolGroup(click.Group):
@@ -35,11 +40,6 @@ def main() -> None:
 
 def make_env(device: str, data_dir: str | None, download: bool, tracking_uri: str | None,
              experiment: str, quiet: bool):
-    from bdtool.core.compute.device import resolve_device
-    from bdtool.core.experiment.progress import ProgressPrinter
-    from bdtool.core.experiment.victim import RunEnv
-    from bdtool.plugins import get_registries
-
     return RunEnv(registries=get_registries(), device=resolve_device(device), data_dir=data_dir, download=download,
                   tracking_uri=tracking_uri, experiment=experiment,
                   progress=ProgressPrinter(enabled=not quiet))
@@ -47,8 +47,6 @@ def make_env(device: str, data_dir: str | None, download: bool, tracking_uri: st
 
 def make_spec(dataset: str, model: str, attack: str, target: int, poison_rate: float, victim_seed: int,
               epochs: int | None):
-    from bdtool.core.experiment.victim import VictimSpec
-
     name, _, options = attack.partition(":")
     return VictimSpec(dataset=dataset, model=model, attack=name,
                       attack_options=tuple(sorted(parse_key_values(options, "--attack").items())),
@@ -56,7 +54,10 @@ def make_spec(dataset: str, model: str, attack: str, target: int, poison_rate: f
 
 
 def emit_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2, default=str))
+    """Strict JSON on stdout (NaN becomes null)."""
+    from bdtool.core.experiment.report import json_safe
+
+    click.echo(json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False))
 
 
 @main.command()
@@ -66,8 +67,6 @@ def emit_json(payload: Any) -> None:
 def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download,
           tracking_uri, experiment, json_, retrain) -> None:
     """Train (or reuse) the poisoned victim model and log it to MLflow."""
-    from bdtool.core.experiment.victim import get_victim
-
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
     victim = get_victim(spec, env, retrain=retrain)
@@ -92,18 +91,20 @@ KIND_ORDER = ("datasets", "models", "attacks", "defenses", "repairs", "metrics",
 
 
 def _component_row(attr: str, entry) -> dict[str, Any]:
-    from bdtool.core.params import params_to_dict
-
     obj = entry.obj
     row: dict[str, Any] = {"name": entry.name, "plugin": entry.source, "description": getattr(obj, "description", "")}
     if attr == "sweeps":
         row.update(rows=list(obj.rows), samples=list(obj.samples), targets=list(obj.targets))
     if attr == "defenses":
-        row.update(label=obj.label, requires_trigger=obj.requires_trigger, accepts_trigger=obj.accepts_trigger)
+        row.update(label=obj.label, requires_trigger=obj.requires_trigger, accepts_trigger=obj.accepts_trigger,
+                   requires_knowledge=obj.required_knowledge().value,
+                   usable_knowledge=[k.value for k in obj.usable_knowledge()],
+                   default_rows=list(obj.default_rows or (entry.name,)))
     if attr in ("defenses", "attacks", "repairs"):
         row["params"] = params_to_dict(obj.Params())
     if attr == "metrics":
-        row["higher_is_better"] = obj.higher_is_better
+        row.update(higher_is_better=obj.higher_is_better, percent=obj.percent, relative=obj.relative,
+                   header=obj.header or obj.name)
     return row
 
 
@@ -112,8 +113,6 @@ def _component_row(attr: str, entry) -> dict[str, Any]:
 @click.option("json_", "--json", is_flag=True, help="Print JSON.")
 def list_components(kind: str | None, json_: bool) -> None:
     """List datasets, models, attacks, defenses, repairs, metrics and sweeps."""
-    from bdtool.plugins import get_registries
-
     regs = get_registries()
     kinds = [kind] if kind else list(KIND_ORDER)
     payload = {k: [_component_row(k, e) for e in regs.registry(k)] for k in kinds}
@@ -125,7 +124,7 @@ def list_components(kind: str | None, json_: bool) -> None:
         for row in payload[k]:
             extra = ""
             if k == "defenses":
-                extra = " [needs trigger]" if row["requires_trigger"] else (" [uses trigger if given]" if row["accepts_trigger"] else "")
+                extra = f" [knowledge: {'/'.join(row['usable_knowledge'])}]"
             click.echo(f"  {row['name']:<16} {row['description']}{extra}  ({row['plugin']})")
     _warn_failures(regs)
 
@@ -139,8 +138,6 @@ def _warn_failures(regs) -> None:
 @click.option("json_", "--json", is_flag=True, help="Print JSON.")
 def plugins(json_: bool) -> None:
     """List loaded plugins, their distribution and version, and what each registers."""
-    from bdtool.plugins import get_registries
-
     regs = get_registries()
     rows = []
     for info in regs.plugins:

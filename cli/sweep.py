@@ -9,6 +9,8 @@ import click
 from bdtool.cli.compare import compare_and_report
 from bdtool.cli.main import emit_json, main, make_env, make_spec
 from bdtool.cli.options import env_options, victim_options
+from bdtool.core.experiment.splits import split_test
+from bdtool.core.experiment.victim import load_dataset
 
 
 @main.command()
@@ -24,9 +26,6 @@ def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack,
           epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
     """Run a named grid as one comparison per target (bdtool list sweeps: table7, table8, table9,
     table10, figure4 and any a plugin registers)."""
-    from bdtool.core.experiment.splits import split_test
-    from bdtool.core.experiment.victim import load_dataset
-
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     grid = env.registries.sweeps.get(preset)
     pool = len(split_test(load_dataset(dataset, env).test.y).pool_indices)
@@ -42,7 +41,7 @@ def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack,
     for t in targets:
         spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs)
         out = str(Path(output) / f"target{t}") if output and len(targets) > 1 else output
-        results.append(compare_and_report(grid.rows, sizes, seeds, "bdk", spec, env, out, json_, not no_log_models))
+        results.append(compare_and_report(grid.rows, sizes, seeds, "trigger", spec, env, out, json_, not no_log_models))
     if len(targets) > 1 and not json_:
         click.echo("\nScore per target class (mean ± std over seeds)")
         labels = [r["label"] for r in results[0]["rows"]]

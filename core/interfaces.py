@@ -8,6 +8,7 @@ experiment code); ``TYPE_CHECKING`` imports are for annotations only.
 from __future__ import annotations
 
 import copy
+import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
@@ -80,12 +81,48 @@ def _no_metric(key: str, value: float, step: int | None = None) -> None:
     return None
 
 
+class Knowledge(str, enum.Enum):
+    """What the defender of a row knows about the backdoor (docs/architecture.md, "Threat models").
+
+    Ordered: ``none`` < ``target`` (the target label only) < ``trigger`` (the attack: trigger and
+    target). The runner hands a defense only what its row's knowledge allows.
+    """
+
+    NONE = "none"
+    TARGET = "target"
+    TRIGGER = "trigger"
+
+    @property
+    def rank(self) -> int:
+        return _KNOWLEDGE_ORDER.index(self)
+
+    @property
+    def phrase(self) -> str:
+        """How a row label names it: "trigger", "target label", "none"."""
+        return {"none": "none", "target": "target label", "trigger": "trigger"}[self.value]
+
+    @classmethod
+    def parse(cls, text: str) -> "Knowledge":
+        """``trigger|target|none``; ``bdk`` is an alias of ``trigger``."""
+        value = str(text).strip().lower()
+        if value == "bdk":
+            return cls.TRIGGER
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"knowledge must be trigger, target or none, got {text!r}") from None
+
+
+_KNOWLEDGE_ORDER = (Knowledge.NONE, Knowledge.TARGET, Knowledge.TRIGGER)
+
+
 @dataclass
 class DefenseContext:
-    """What a defense may see (DESIGN.md §2).
+    """What a defense may see (docs/architecture.md, "Threat models").
 
-    ``attack`` is set only with backdoor knowledge (BDK). ``train`` is set only for defenses that
-    declare ``needs_training_set`` (retraining). Defenses never see the evaluation half.
+    ``attack`` is set only under knowledge ``trigger``; ``target_class`` only under ``target`` or
+    ``trigger``. ``train`` is set only for defenses that declare ``needs_training_set``
+    (retraining). Defenses never see the evaluation half.
     """
 
     unlearn: LabeledTensors
@@ -107,6 +144,12 @@ class DefenseContext:
     def bdk(self) -> bool:
         return self.attack is not None
 
+    @property
+    def knowledge(self) -> Knowledge:
+        if self.attack is not None:
+            return Knowledge.TRIGGER
+        return Knowledge.TARGET if self.target_class is not None else Knowledge.NONE
+
 
 class Defense(_Parametrised, ABC):
     """A backdoor defense. Subclasses set ``name``, ``label``, the knowledge flags and ``Params``."""
@@ -118,6 +161,10 @@ class Defense(_Parametrised, ABC):
     """True = needs backdoor knowledge (BDK) and refuses to run without the attack."""
     accepts_trigger: ClassVar[bool] = False
     """True = uses the trigger when given (with or without being required)."""
+    requires_target_label: ClassVar[bool] = False
+    """True = needs at least the target label (threat model ``target``)."""
+    accepts_target_label: ClassVar[bool] = False
+    """True = uses the target label when given without the trigger."""
     needs_training_set: ClassVar[bool] = False
     default_rows: ClassVar[tuple[str, ...]] = ()
     """The rows (``--defense`` texts) this defense contributes to the default ``bdtool compare``;
@@ -125,11 +172,44 @@ class Defense(_Parametrised, ABC):
     row_order: ClassVar[int] = 100
     """Where its rows go in the default comparison (lower first, then by name)."""
 
+    @classmethod
+    def required_knowledge(cls) -> Knowledge:
+        """The least a row must know for this defense to run."""
+        if cls.requires_trigger:
+            return Knowledge.TRIGGER
+        return Knowledge.TARGET if cls.requires_target_label else Knowledge.NONE
+
+    @classmethod
+    def usable_knowledge(cls) -> tuple[Knowledge, ...]:
+        """Every threat model under which this defense runs and behaves differently."""
+        levels = [k for k in _KNOWLEDGE_ORDER if k.rank >= cls.required_knowledge().rank]
+        usable = [Knowledge.NONE]
+        if cls.requires_target_label or cls.accepts_target_label:
+            usable.append(Knowledge.TARGET)
+        if cls.requires_trigger or cls.accepts_trigger:
+            usable.append(Knowledge.TRIGGER)
+        return tuple(k for k in levels if k in usable)
+
+    @classmethod
+    def effective_knowledge(cls, granted: Knowledge) -> Knowledge:
+        """What the defense actually receives when ``granted`` is allowed: the most it can use
+        without exceeding ``granted``. ValueError when ``granted`` is below what it requires."""
+        fitting = [k for k in cls.usable_knowledge() if k.rank <= granted.rank]
+        if not fitting:
+            raise ValueError(
+                f"defense '{cls.name}' needs knowledge '{cls.required_knowledge().value}' "
+                f"(it cannot run under '{granted.value}')")
+        return fitting[-1]
+
     def defend(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
         """Run the defense on a copy of ``model``; the model passed in is never modified."""
         if self.requires_trigger and ctx.attack is None:
             raise DefenseInputError(
-                f"defense '{self.name}' needs backdoor knowledge (the trigger); run it with bdk=true"
+                f"defense '{self.name}' needs backdoor knowledge (the trigger); run it with knowledge=trigger"
+            )
+        if self.requires_target_label and ctx.target_class is None:
+            raise DefenseInputError(
+                f"defense '{self.name}' needs the target label; run it with knowledge=target or trigger"
             )
         if self.needs_training_set and ctx.train is None:
             raise DefenseInputError(f"defense '{self.name}' needs the training set")
@@ -162,11 +242,23 @@ class Repair(_Parametrised, ABC):
 
 
 class Metric(ABC):
-    """A number computed from an evaluation, optionally relative to the victim (reference)."""
+    """A number computed from an evaluation, optionally relative to the victim (reference).
+
+    Every registered metric is computed for every defense run, logged to its MLflow run under
+    ``name`` and available as a table column (``bdtool compare --metric NAME``).
+    """
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    header: ClassVar[str] = ""
+    """Column header in tables (default: the name)."""
+    percent: ClassVar[bool] = False
+    """The value is a fraction in [0, 1], shown ×100 in tables."""
+    relative: ClassVar[bool] = False
+    """Needs the victim's evaluation as ``reference`` (not shown for the "Before" row)."""
+    column_order: ClassVar[int] = 100
+    """Where its column goes in the default table (lower first, then by name)."""
 
     @abstractmethod
     def compute(self, result: "EvalResult", reference: "EvalResult | None" = None) -> float: ...

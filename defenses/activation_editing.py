@@ -1,4 +1,4 @@
-"""Activation-guided model editing — the "ours" defense (DESIGN.md §4).
+"""Activation-guided model editing — the "ours" defense (docs/method.md).
 
 Reconstructed from the paper's supplement (Hsieh et al., "Mitigating Backdoor Attacks using
 Activation-Guided Model Editing"); the main text is not available, so every choice that the
@@ -7,7 +7,7 @@ supplement does not pin down is marked *[reconstruction]* below and measured in
 
 Algorithm, one call:
 
-1. Pick the edited layers (``layers``, see :func:`resolve_layers`).
+1. Pick the edited layers (``layers``, see :func:`select_edited_layers`).
 2. Forward the unlearning set D_U through the unedited model once per activation set that has a
    non-zero coefficient, with forward hooks that reduce each edited layer's output to a per-unit
    mean on the fly (a Linear unit, or a conv channel averaged over N, H, W). With backdoor
@@ -27,6 +27,7 @@ mode) during the extraction passes (§B.3, Figure 4: fixed is better with BDK, u
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 import bdtool
+from bdtool.core.compute.modules import BATCHNORM_TYPES, preserve_modes, set_batchnorm_mode
 from bdtool.core.errors import BdtoolError, DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.tensors import LabeledTensors
@@ -44,8 +46,7 @@ EDITABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """Layers whose first weight dimension is the output unit (ConvTranspose is not: its weight is
 (in, out, ...))."""
 
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-_ELEMENTWISE = BN_TYPES + (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+_ELEMENTWISE = BATCHNORM_TYPES + (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
                            nn.SiLU, nn.Mish, nn.Hardswish, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Identity)
 """Modules that may sit between a layer and its "post-activation" output."""
 
@@ -87,12 +88,14 @@ class ActivationEditingParams:
     """Where a layer's activation is read *[reconstruction]*: ``pre`` = the layer's own output;
     ``post`` = after the BatchNorm/activation modules that directly follow it (for the classifier,
     the logits either way)."""
-    nobdk_source: Literal["all", "target", "inferred"] = "target"
-    """Which clean samples form D_U without backdoor knowledge *[reconstruction, see
-    docs/method.md "Threat model"]*: ``all`` = D_U as given (all classes); ``target`` = n pool
-    samples of the target class (the defender knows the target label, not the trigger);
-    ``inferred`` = n pool samples of the class inferred from the model (``infer_by``). Ignored
-    with BDK."""
+    nobdk_source: Literal["auto", "all", "target", "inferred"] = "auto"
+    """Which clean samples form D_U without the trigger *[reconstruction, see docs/method.md
+    "Threat model"]*: ``all`` = D_U as given (all classes); ``target`` = n pool samples of the
+    target class (needs the target label: threat model ``target``); ``inferred`` = n pool samples
+    of the class inferred from the model (``infer_by``). ``auto`` = ``target`` when the row knows
+    the target label, ``all`` when it knows nothing: ``all`` is the supplement's literal setting
+    and, unlike ``inferred``, does not fail outright at n = 5, where the inference picks the wrong
+    class (docs/method.md, "Threat model"). Ignored with the trigger."""
     infer_by: Literal["weight-norm", "mean-logit"] = "mean-logit"
     """How ``nobdk_source=inferred`` finds the target class: the classifier row with the largest
     L2 norm, or the class with the highest mean logit over the clean D_U given."""
@@ -152,20 +155,17 @@ def _trace(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, Tensor, Te
                 first = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
                 order.append((_name, mod, first, output if isinstance(output, Tensor) else None))
             handles.append(module.register_forward_hook(hook))
-    states = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with preserve_modes(model), torch.no_grad():
+            model.eval()
             model(x[:1])
     finally:
         for h in handles:
             h.remove()
-        for m, training in states.items():
-            m.training = training
     return order
 
 
-def resolve_layers(model: nn.Module, spec: str, sample: Tensor) -> list[tuple[str, nn.Module]]:
+def select_edited_layers(model: nn.Module, spec: str, sample: Tensor) -> list[tuple[str, nn.Module]]:
     """The (name, module) pairs ``spec`` selects, in module order; DefenseInputError if none."""
     kind, arg = parse_layer_spec(spec)
     layers = editable_layers(model)
@@ -180,8 +180,6 @@ def resolve_layers(model: nn.Module, spec: str, sample: Tensor) -> list[tuple[st
         chosen = []
         for name in arg:  # type: ignore[union-attr]
             if name not in by_name:
-                import difflib
-
                 close = difflib.get_close_matches(name, [n for n, _ in layers], n=3)
                 hint = f" Closest: {', '.join(close)}." if close else ""
                 raise DefenseInputError(
@@ -318,16 +316,12 @@ def infer_target_class(model: nn.Module, ctx: DefenseContext, method: str) -> tu
         w = classifier_layer(model, ctx.num_classes).weight
         evidence = w.detach().flatten(1).norm(dim=1).double().cpu()
     else:
-        states = {m: m.training for m in model.modules()}
-        model.eval()
-        try:
+        with preserve_modes(model):
+            model.eval()
             total = None
             for xb, _ in ctx.unlearn.batches(1024):
                 s = model(xb.to(ctx.device)).double().sum(0)
                 total = s if total is None else total + s
-        finally:
-            for m, training in states.items():
-                m.training = training
         evidence = (total / len(ctx.unlearn)).cpu()
     return int(evidence.argmax()), evidence
 
@@ -336,23 +330,27 @@ def infer_target_class(model: nn.Module, ctx: DefenseContext, method: str) -> tu
 
 
 class ActivationEditing(Defense):
-    """Activation-guided model editing (the paper's method; supplement §B, DESIGN.md §4)."""
+    """Activation-guided model editing (the paper's method; supplement §B, docs/method.md)."""
 
     name = "ours"
     label = "Ours"
     description = "activation-guided multiplicative editing of the last layers (Hsieh et al.)"
     requires_trigger = False
     accepts_trigger = True
+    accepts_target_label = True
     Params = ActivationEditingParams
-    default_rows = ("ours", "ours:bdk=false", "ours:repair=0.01")
+    default_rows = ("ours", "ours:knowledge=target", "ours:knowledge=none", "ours:repair=0.01")
     row_order = 0
 
     def unlearn_set(self, model: nn.Module, ctx: DefenseContext) -> LabeledTensors:
         """D_U for this run: as given with BDK or ``nobdk_source=all``; else target-class samples."""
         p: ActivationEditingParams = self.params
-        if ctx.bdk or p.nobdk_source == "all":
+        source = p.nobdk_source
+        if source == "auto":
+            source = "target" if ctx.target_class is not None else "all"
+        if ctx.bdk or source == "all":
             return ctx.unlearn
-        if p.nobdk_source == "target":
+        if source == "target":
             if ctx.target_class is None or ctx.draw_unlearn is None:
                 raise DefenseInputError(
                     "ours: nobdk_source=target needs the target label and the unseen pool "
@@ -374,13 +372,13 @@ class ActivationEditing(Defense):
         except DefenseInputError:
             raise
         except BdtoolError as exc:  # e.g. the pool holds fewer than n images of that class
-            raise DefenseInputError(f"ours: nobdk_source={p.nobdk_source}: {exc}") from None
+            raise DefenseInputError(f"ours: nobdk_source={source}: {exc}") from None
 
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
         p: ActivationEditingParams = self.params
         data = self.unlearn_set(model, ctx)
         x = data.x
-        layers = resolve_layers(model, p.layers, x)
+        layers = select_edited_layers(model, p.layers, x)
         points = [m for _, m in layers] if p.activation == "pre" else _post_points(model, layers, x)
         units = [_unit_dim(m) for _, m in layers]
         bn_mode = p.bn if p.bn != "auto" else ("fixed" if ctx.bdk else "update")
@@ -397,20 +395,14 @@ class ActivationEditing(Defense):
             coeff = p.alpha + p.beta
             sets = [(coeff, lambda: x)] if coeff != 0 else []
 
-        states = {m: m.training for m in model.modules()}
-        model.eval()
-        if bn_mode == "update":
-            for m in model.modules():
-                if isinstance(m, BN_TYPES):
-                    m.train()
-        try:
+        with preserve_modes(model):
+            model.eval()
+            if bn_mode == "update":
+                set_batchnorm_mode(model, True)
             total: list[Tensor] | None = None
             for coeff, make_x in sets:
                 acts = mean_activations(model, points, units, make_x(), ctx.device, p.batch_size)
                 total = [coeff * a for a in acts] if total is None else [t + coeff * a for t, a in zip(total, acts)]
-        finally:
-            for m, training in states.items():
-                m.training = training
         if total is None:  # alpha·A_clean + beta·A_poisoned is identically zero
             total = [torch.zeros(m.weight.shape[0], dtype=torch.float64, device=ctx.device) for _, m in layers]
 

@@ -53,3 +53,22 @@ def make_context(digits_victim):
         return ctx
 
     return make
+
+
+@pytest.fixture(scope="session")
+def installed_example(tmp_path_factory):
+    """The example third-party package plugins/examples/bdtool-clp, pip-installed into a folder of
+    its own (real entry-point metadata); prepend it to sys.path to load it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "plugins" / "examples" / "bdtool-clp"
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(target), str(example)],
+        check=True, capture_output=True, text=True,
+    )
+    assert list(target.glob("bdtool_clp-*.dist-info/entry_points.txt"))
+    return target

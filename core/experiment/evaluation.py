@@ -1,4 +1,4 @@
-"""Evaluation and metrics (DESIGN.md §7).
+"""Evaluation and the Score (docs/architecture.md, "Metrics"; README "Metrics").
 
 - ACC: clean accuracy on the evaluation half; CTCA: clean accuracy on its target-class images.
 - ASR: share of non-target evaluation images, stamped with the trigger, classified as the target.
@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 
 import torch
 from torch import nn
 
+from bdtool.core.compute.modules import preserve_modes
 from bdtool.core.interfaces import Attack
 from bdtool.core.results import EvalResult
 from bdtool.core.tensors import LabeledTensors
@@ -20,12 +23,11 @@ from bdtool.core.tensors import LabeledTensors
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
     preds = []
-    for start in range(0, len(x), batch_size):
-        preds.append(model(x[start : start + batch_size].to(device)).argmax(1).cpu())
-    model.train(was_training)
+    with preserve_modes(model):
+        model.eval()
+        for start in range(0, len(x), batch_size):
+            preds.append(model(x[start : start + batch_size].to(device)).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
@@ -54,7 +56,26 @@ def evaluate(model: nn.Module, data: LabeledTensors, attack: Attack, num_classes
 
 
 def score(after: EvalResult, before: EvalResult) -> float:
-    """Score of DESIGN.md §7 (reference = the victim before defense)."""
+    """The Score of the module docstring (reference = the victim before defense)."""
     if before.acc <= 0 or before.asr <= 0:
         return float("nan")
     return 100.0 * (after.acc / before.acc) * max(0.0, 1.0 - after.asr / before.asr)
+
+
+def compute_metrics(metrics: Iterable[Any], result: EvalResult, reference: EvalResult | None) -> tuple[dict[str, float], list[str]]:
+    """Every metric of ``metrics`` (registry entries or Metric classes) on ``result``, relative to
+    ``reference`` (the victim). A metric that raises, or needs a reference that is missing, gives
+    NaN and an error message instead of failing the run: ``(values, errors)``."""
+    values: dict[str, float] = {}
+    errors: list[str] = []
+    for item in metrics:
+        cls = getattr(item, "obj", item)
+        if cls.relative and reference is None:
+            values[cls.name] = float("nan")
+            continue
+        try:
+            values[cls.name] = float(cls().compute(result, reference))
+        except Exception as exc:  # noqa: BLE001 - a plugin's metric must not sink the run
+            values[cls.name] = float("nan")
+            errors.append(f"metric '{cls.name}' failed: {type(exc).__name__}: {exc}")
+    return values, errors

@@ -1,5 +1,6 @@
 """Summary tables and plots of a comparison, shaped like the supplement's Table 7:
-rows = defense label × n, columns Score, ASR, ACC, CTCA, Time (mean ± std over seeds, in %)."""
+rows = defense label (with its knowledge) × n, columns = the chosen registered metrics and the
+defense's time (mean ± std over seeds). Rows that removed the target class are marked."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from bdtool.core.experiment.evaluation import compute_metrics
 from bdtool.core.experiment.rows import RowSpec
 
 if TYPE_CHECKING:
@@ -26,15 +28,33 @@ def row_sizes(row: RowSpec, samples: Sequence[int], victim: "Victim") -> list[in
         return [len(victim.data.train) - len(victim.data.poisoned_indices)]
     return list(samples)
 
-# column key, header, higher is better, scale to percent
-COLUMNS: tuple[tuple[str, str, bool, float], ...] = (
-    ("score", "Score (↑)", True, 1.0),
-    ("asr", "ASR (↓)", False, 100.0),
-    ("acc", "ACC (↑)", True, 100.0),
-    ("ctca", "CTCA (↑)", True, 100.0),
-    ("min_class_acc", "MinClass (↑)", True, 100.0),
-    ("time_s", "Time s (↓)", False, 1.0),
-)
+@dataclass(frozen=True)
+class Column:
+    """One table column: a registered metric, or the defense's time."""
+
+    key: str
+    header: str
+    higher_is_better: bool
+    scale: float = 1.0
+    """100 for fractions shown in percent."""
+
+    @property
+    def title(self) -> str:
+        return f"{self.header} ({'↑' if self.higher_is_better else '↓'})"
+
+
+TIME_COLUMN = Column("time_s", "Time s", False, 1.0)
+CLASS_REMOVED_FRACTION = 0.5
+"""A row whose mean CTCA is below this fraction of the victim's removed the target class with
+the backdoor; tables mark it (docs/method.md, "Honest scoring")."""
+CLASS_REMOVED_MARK = "[class removed]"
+
+
+def metric_columns(metric_classes: Sequence[Any]) -> list[Column]:
+    """The table columns of ``metric_classes`` (Metric subclasses), in order, then the time."""
+    cols = [Column(m.name, m.header or m.name, m.higher_is_better, 100.0 if m.percent else 1.0)
+            for m in metric_classes]
+    return cols + [TIME_COLUMN]
 
 
 @dataclass
@@ -48,11 +68,26 @@ class Stat:
         return f"{self.mean * scale:.2f} ± {self.std * scale:.2f}"
 
 
-def stat(values: Sequence[float]) -> Stat:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
+def stat(values: Sequence[float | None]) -> Stat:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    if not kept:
         return Stat(float("nan"), float("nan"))
-    return Stat(statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0)
+    return Stat(statistics.fmean(kept), statistics.pstdev(kept) if len(kept) > 1 else 0.0)
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float replaced by None: JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 @dataclass
@@ -63,17 +98,22 @@ class SummaryRow:
     seeds_ok: int
     seeds_failed: int
     errors: list[str] = field(default_factory=list)
+    knowledge: str = ""
+    """trigger | target | none | oracle (empty for "Before")."""
+    class_removed: bool = False
+    """Mean CTCA below CLASS_REMOVED_FRACTION of the victim's."""
 
     @property
     def failed(self) -> bool:
         return self.seeds_ok == 0
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"label": self.label, "n": self.n, "seeds_ok": self.seeds_ok,
-                               "seeds_failed": self.seeds_failed, "status": "failed" if self.failed else "ok"}
+        out: dict[str, Any] = {"label": self.label, "n": self.n, "knowledge": self.knowledge or None,
+                               "seeds_ok": self.seeds_ok, "seeds_failed": self.seeds_failed,
+                               "status": "failed" if self.failed else "ok", "class_removed": self.class_removed}
         for key, s in self.stats.items():
-            out[f"{key}_mean"] = None if math.isnan(s.mean) else s.mean
-            out[f"{key}_std"] = None if math.isnan(s.std) else s.std
+            out[f"{key}_mean"] = _none_if_nan(s.mean)
+            out[f"{key}_std"] = _none_if_nan(s.std)
         if self.errors:
             out["errors"] = self.errors
         return out
@@ -86,40 +126,46 @@ class Summary:
     rows: list[SummaryRow]
     meta: dict[str, Any]
     outcomes: list[dict[str, Any]]
+    columns: list[Column] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "meta": self.meta, "before": self.before.to_dict(),
-                "rows": [r.to_dict() for r in self.rows], "runs": self.outcomes,
-                "units": "acc, asr, ctca, min_class_acc as fractions; score in points (0-100); times in seconds"}
+        return {"title": self.title, "meta": self.meta, "columns": [c.key for c in self.columns],
+                "before": self.before.to_dict(), "rows": [r.to_dict() for r in self.rows], "runs": self.outcomes,
+                "units": "metrics marked percent in `bdtool list metrics` (acc, asr, ctca, min_class_acc, der) "
+                         "as fractions; score and class_score in points (0-100); times in seconds",
+                "class_removed": f"mean CTCA below {CLASS_REMOVED_FRACTION:g} x the victim's CTCA"}
 
 
-def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareConfig") -> Summary:
+def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareConfig",
+              metric_classes: Sequence[Any], shown: Sequence[Any] | None = None) -> Summary:
+    """Mean ± std over seeds of every metric in ``metric_classes`` (all registered metrics) and
+    the time, per (row, n); the table shows ``shown`` (default: all of them)."""
     before = victim.before
-    before_row = SummaryRow("Before", None, {
-        "score": Stat(float("nan"), float("nan")), "asr": Stat(before.asr, 0.0), "acc": Stat(before.acc, 0.0),
-        "ctca": Stat(before.ctca, 0.0), "min_class_acc": Stat(before.min_class_acc, 0.0),
-        "time_s": Stat(victim.train_seconds if not victim.reused else float("nan"), 0.0)}, 1, 0)
+    before_values, _ = compute_metrics(metric_classes, before, None)
+    before_stats = {key: Stat(value, 0.0) for key, value in before_values.items()}
+    before_stats["time_s"] = Stat(victim.train_seconds if not victim.reused else float("nan"), 0.0)
+    before_row = SummaryRow("Before", None, before_stats, 1, 0)
     rows: list[SummaryRow] = []
+    keys = [m.name for m in metric_classes]
     for row in config.rows:
         for n in row_sizes(row, config.samples, victim):
             group = [o for o in outcomes if o.label == row.label and o.n == n]
             ok = [o for o in group if o.result is not None]
-            times = [o.defense_time_s + (o.repair_time_s or 0.0) for o in ok]
-            rows.append(SummaryRow(row.label, n, {
-                "score": stat([o.score for o in ok]),
-                "asr": stat([o.result.asr for o in ok]),
-                "acc": stat([o.result.acc for o in ok]),
-                "ctca": stat([o.result.ctca for o in ok]),
-                "min_class_acc": stat([o.result.min_class_acc for o in ok]),
-                "time_s": stat(times),
-            }, len(ok), len(group) - len(ok), sorted({o.error for o in group if o.error})))
+            stats = {key: stat([o.metrics.get(key, float("nan")) for o in ok]) for key in keys}
+            stats["time_s"] = stat([o.defense_time_s + (o.repair_time_s or 0.0) for o in ok])
+            ctca = stat([o.result.ctca for o in ok if o.result is not None]).mean
+            removed = bool(ok) and before.ctca > 0 and ctca < CLASS_REMOVED_FRACTION * before.ctca
+            rows.append(SummaryRow(row.label, n, stats, len(ok), len(group) - len(ok),
+                                   sorted({o.error for o in group if o.error}), row.knowledge_label, removed))
     spec = victim.spec
     meta = {"dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
             "poison_rate": spec.poison_rate, "samples": config.samples, "seeds": config.seeds,
             "victim_run_id": victim.run_id, "victim_hash": victim.config_hash}
+    percent = [m.header or m.name for m in (shown or metric_classes) if m.percent]
     title = (f"{spec.dataset} / {spec.model} / {spec.attack} (target {spec.target}), "
-             f"mean ± std over {config.seeds} seed(s); ASR, ACC, CTCA, MinClass in %")
-    return Summary(title, before_row, rows, meta, [o.to_dict() for o in outcomes])
+             f"mean ± std over {config.seeds} seed(s); {', '.join(percent)} in %")
+    return Summary(title, before_row, rows, meta, [o.to_dict() for o in outcomes],
+                   metric_columns(shown or metric_classes))
 
 
 def _best(rows: list[SummaryRow], key: str, higher: bool) -> float | None:
@@ -130,18 +176,21 @@ def _best(rows: list[SummaryRow], key: str, higher: bool) -> float | None:
 
 
 def table_cells(summary: Summary, bold: bool = False) -> tuple[list[str], list[list[str]]]:
-    header = ["Method", "n"] + [h for _, h, _, _ in COLUMNS]
-    best = {key: _best(summary.rows, key, higher) for key, _, higher, _ in COLUMNS}
+    header = ["Method", "n"] + [c.title for c in summary.columns]
+    best = {c.key: _best(summary.rows, c.key, c.higher_is_better) for c in summary.columns}
     lines = []
     for r in [summary.before] + summary.rows:
         cells = [r.label, "-" if r.n is None else str(r.n)]
-        for key, _, _, scale in COLUMNS:
+        for c in summary.columns:
             if r.failed:
                 cells.append("failed")
                 continue
-            text = r.stats[key].fmt(scale)
-            is_best = r is not summary.before and best[key] is not None and r.stats[key].mean == best[key]
+            value = r.stats.get(c.key, Stat(float("nan"), float("nan")))
+            text = value.fmt(c.scale)
+            is_best = r is not summary.before and best[c.key] is not None and value.mean == best[c.key]
             cells.append(f"**{text}**" if bold and is_best else text)
+        if r.class_removed and not r.failed:
+            cells[0] += f" {CLASS_REMOVED_MARK}"
         if r.seeds_failed and not r.failed:
             cells[0] += f" ({r.seeds_failed} failed)"
         lines.append(cells)
@@ -159,7 +208,9 @@ def format_text_table(summary: Summary) -> str:
 
 def format_markdown(summary: Summary) -> str:
     header, lines = table_cells(summary, bold=True)
-    out = [f"**{summary.title}** (best per column in bold)", "", "| " + " | ".join(header) + " |",
+    out = [f"**{summary.title}** (best per column in bold; {CLASS_REMOVED_MARK}: mean CTCA below "
+           f"{CLASS_REMOVED_FRACTION:g} × the victim's, the target class went with the backdoor)", "",
+           "| " + " | ".join(header) + " |",
            "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
     out += ["| " + " | ".join(row) + " |" for row in lines]
     return "\n".join(out) + "\n"
@@ -170,14 +221,16 @@ def write_report(summary: Summary, folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": folder / "summary.md", "csv": folder / "summary.csv", "json": folder / "summary.json"}
     paths["markdown"].write_text(format_markdown(summary))
-    paths["json"].write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    paths["json"].write_text(json.dumps(json_safe(summary.to_dict()), indent=2, default=str, allow_nan=False))
     with paths["csv"].open("w", newline="") as fh:
         writer = csv.writer(fh)
-        keys = [k for k, _, _, _ in COLUMNS]
-        writer.writerow(["label", "n", "seeds_ok", "seeds_failed"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
+        keys = [c.key for c in summary.columns]
+        writer.writerow(["label", "n", "knowledge", "seeds_ok", "seeds_failed", "class_removed"]
+                        + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
         for r in [summary.before] + summary.rows:
-            writer.writerow([r.label, "" if r.n is None else r.n, r.seeds_ok, r.seeds_failed]
-                            + [v for k in keys for v in (r.stats[k].mean, r.stats[k].std)])
+            cells = [r.stats.get(k, Stat(float("nan"), float("nan"))) for k in keys]
+            writer.writerow([r.label, "" if r.n is None else r.n, r.knowledge, r.seeds_ok, r.seeds_failed,
+                             r.class_removed] + ["" if math.isnan(v) else v for s in cells for v in (s.mean, s.std)])
     paths.update(plot(summary, folder))
     return {k: str(v) for k, v in paths.items()}
 
@@ -190,8 +243,8 @@ def plot(summary: Summary, folder: Path) -> dict[str, Path]:
 
     out: dict[str, Path] = {}
     rows = [r for r in summary.rows if not r.failed]
-    if not rows:
-        return out
+    if not rows or not all(k in r.stats for r in rows + [summary.before] for k in ("asr", "acc", "ctca", "score")):
+        return out  # the plots need the built-in metrics
     labels = [f"{r.label}\nn={r.n}" for r in rows]
     metrics = [("asr", "ASR"), ("acc", "ACC"), ("ctca", "CTCA")]
     width = 0.27

@@ -1,6 +1,13 @@
-"""Comparison rows: ``NAME[:key=value,...]`` with reserved keys ``bdk`` and ``repair``
-(docs/architecture.md, "Rows"). All validation happens here, before any work starts or any run
-is created.
+"""Comparison rows: ``NAME[:key=value,...]`` with reserved keys ``knowledge``, ``bdk`` and
+``repair`` (docs/architecture.md, "Rows"). All validation happens here, before any work starts or
+any run is created.
+
+``knowledge=trigger|target|none`` is the row's threat model (``bdk=true`` is an alias of
+``trigger``, ``bdk=false`` of ``none``); a row without it gets ``--knowledge``. The row receives
+the most its defense can use within that (a defense that never uses the trigger gets ``none``
+under the default ``trigger``); a row that names a knowledge its defense cannot use, or that is
+below what it requires, is refused. Retraining-style defenses, which are handed the clean
+training set (the poisoned samples removed), are labelled ``oracle``.
 
 ``repair=<lr>`` adds the default repair (the registered repair marked ``is_default``: the
 supplement's fine-tuning, §B.2) with learning rate lr; ``repair=NAME:<lr>`` adds any registered
@@ -13,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bdtool.core.errors import InvalidParameterError
-from bdtool.core.interfaces import Defense, Repair
+from bdtool.core.interfaces import Defense, Knowledge, Repair
 from bdtool.core.params import coerce
 
 DEFAULT_REPAIR_LR = 1e-2
@@ -25,10 +32,20 @@ class RowSpec:
     text: str
     defense_cls: type[Defense]
     defense_options: dict[str, str]
-    bdk: bool
+    knowledge: Knowledge
     repair_lr: float | None
     params: Any = field(default=None)
     repair_cls: type[Repair] | None = None
+
+    @property
+    def bdk(self) -> bool:
+        """The row knows the trigger (the paper's "BDK")."""
+        return self.knowledge is Knowledge.TRIGGER
+
+    @property
+    def knowledge_label(self) -> str:
+        """``trigger``, ``target``, ``none``, or ``oracle`` for a defense handed the clean training set."""
+        return "oracle" if self.defense_cls.needs_training_set else self.knowledge.value
 
     @property
     def defense_name(self) -> str:
@@ -36,10 +53,11 @@ class RowSpec:
 
     @property
     def label(self) -> str:
-        """The paper's row label: "Ours(BDK) +repair", "actFT", "NAD", "Ours(¬BDK)"."""
+        """The row label, naming what the row knew: "Ours (trigger) +repair", "Ours (target
+        label)", "NAD (none)", "Retraining (oracle)"."""
         base = self.defense_cls.label or self.defense_cls.name
-        if self.defense_cls.accepts_trigger and not self.defense_cls.requires_trigger:
-            base += "(BDK)" if self.bdk else "(¬BDK)"
+        phrase = "oracle" if self.defense_cls.needs_training_set else self.knowledge.phrase
+        base += f" ({phrase})"
         if self.defense_options:
             base += " [" + ",".join(f"{k}={v}" for k, v in sorted(self.defense_options.items())) + "]"
         if self.repair_lr is not None and self.repair_cls is not None:
@@ -97,23 +115,44 @@ def parse_repair(raw: str, text: str, registries) -> tuple[type[Repair] | None, 
     return cls, lr
 
 
-def parse_row(text: str, default_bdk: bool, registries) -> RowSpec:
+def parse_knowledge(options: dict[str, str], text: str) -> Knowledge | None:
+    """The row's own ``knowledge=`` or ``bdk=`` (removed from ``options``); None if neither."""
+    if "knowledge" in options and "bdk" in options:
+        raise InvalidParameterError(f"--defense {text}: give knowledge= or bdk=, not both")
+    if "knowledge" in options:
+        try:
+            return Knowledge.parse(options.pop("knowledge"))
+        except ValueError as exc:
+            raise InvalidParameterError(f"--defense {text}: {exc}") from None
+    if "bdk" in options:
+        bdk = coerce(options.pop("bdk"), bool, f"--defense {text}: bdk")
+        return Knowledge.TRIGGER if bdk else Knowledge.NONE
+    return None
+
+
+def parse_row(text: str, default_knowledge: Knowledge, registries) -> RowSpec:
     """Parse and fully validate one ``--defense`` value against the registries."""
     name, options = split_row_text(text)
     cls = registries.defenses.get(name)
-    bdk = default_bdk
-    if "bdk" in options:
-        bdk = coerce(options.pop("bdk"), bool, f"--defense {text}: bdk")
+    explicit = parse_knowledge(options, text)
+    granted = explicit or default_knowledge
     repair_cls, repair_lr = parse_repair(options.pop("repair"), text, registries) if "repair" in options else (None, None)
-    if cls.requires_trigger and not bdk:
+    try:
+        knowledge = cls.effective_knowledge(granted)
+    except ValueError:
         raise InvalidParameterError(
-            f"--defense {text}: '{name}' needs backdoor knowledge (the trigger) and cannot run with bdk=false"
+            f"--defense {text}: '{name}' needs knowledge '{cls.required_knowledge().value}' and cannot run "
+            f"with knowledge={granted.value}" + ("" if explicit else " (the --knowledge default)")
+        ) from None
+    if explicit is not None and knowledge is not explicit:
+        usable = ", ".join(k.value for k in cls.usable_knowledge())
+        raise InvalidParameterError(
+            f"--defense {text}: '{name}' cannot use knowledge={explicit.value} (it uses: {usable}); "
+            "drop the key or pick one of those"
         )
-    if not cls.accepts_trigger and not cls.requires_trigger:
-        bdk = False  # the defense never uses the trigger; do not claim it had it
     params = cls.make_params(options)
-    return RowSpec(text=text, defense_cls=cls, defense_options=options, bdk=bdk, repair_lr=repair_lr, params=params,
-                   repair_cls=repair_cls)
+    return RowSpec(text=text, defense_cls=cls, defense_options=options, knowledge=knowledge, repair_lr=repair_lr,
+                   params=params, repair_cls=repair_cls)
 
 
 def default_row_texts(registries) -> list[str]:
@@ -129,8 +168,8 @@ def default_row_texts(registries) -> list[str]:
     return texts
 
 
-def parse_rows(texts: list[str], default_bdk: bool, registries) -> list[RowSpec]:
-    rows = [parse_row(t, default_bdk, registries) for t in texts]
+def parse_rows(texts: list[str], default_knowledge: Knowledge, registries) -> list[RowSpec]:
+    rows = [parse_row(t, default_knowledge, registries) for t in texts]
     labels = [r.label for r in rows]
     dupes = sorted({label for label in labels if labels.count(label) > 1})
     if dupes:

@@ -19,11 +19,12 @@ from bdtool.core import tracking
 from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.context import defense_context
-from bdtool.core.experiment.evaluation import evaluate, score
+from bdtool.core.experiment.evaluation import compute_metrics, evaluate
 from bdtool.core.experiment.report import Summary, aggregate, row_sizes, write_report
 from bdtool.core.experiment.rows import RowSpec
 from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, get_victim, load_dataset
+from bdtool.core.interfaces import Knowledge
 from bdtool.core.results import EvalResult
 
 
@@ -36,6 +37,9 @@ class CompareConfig:
     log_models: bool = True
     output_dir: str | None = None
     """Also copy the summary (Markdown, CSV, JSON, plots) here, as logged to the parent run."""
+    metrics: list[str] = field(default_factory=list)
+    """The metric columns of the table, in order; empty = every registered metric. Every
+    registered metric is computed and logged whatever is shown."""
 
 
 @dataclass
@@ -46,22 +50,34 @@ class RunOutcome:
     defense: str
     n: int
     seed: int
-    bdk: bool
+    knowledge: str
+    """trigger | target | none | oracle: what the row knew."""
     status: str  # FINISHED | FAILED
     result: EvalResult | None = None
-    score: float = float("nan")
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Every registered metric of this run (NaN where a metric could not be computed)."""
     defense_time_s: float = float("nan")
     repair_time_s: float | None = None
     run_id: str | None = None
     error: str | None = None
 
+    @property
+    def score(self) -> float:
+        return self.metrics.get("score", float("nan"))
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "label": self.label, "defense": self.defense, "n": self.n, "seed": self.seed, "bdk": self.bdk,
-            "status": self.status, "score": self.score, "defense_time_s": self.defense_time_s,
-            "repair_time_s": self.repair_time_s, "run_id": self.run_id, "error": self.error,
-            "eval": self.result.to_dict() if self.result else None,
+            "label": self.label, "defense": self.defense, "n": self.n, "seed": self.seed,
+            "knowledge": self.knowledge, "status": self.status,
+            "metrics": {k: finite_or_none(v) for k, v in self.metrics.items()},
+            "defense_time_s": finite_or_none(self.defense_time_s), "repair_time_s": finite_or_none(self.repair_time_s),
+            "run_id": self.run_id, "error": self.error, "eval": self.result.to_dict() if self.result else None,
         }
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN: a missing number is null."""
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
 
 @dataclass
@@ -115,6 +131,8 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
         })
         mlflow.log_metrics({"before_acc": victim.before.acc, "before_asr": victim.before.asr,
                             "before_ctca": victim.before.ctca, "before_min_class_acc": victim.before.min_class_acc})
+        tracking.log_params_flat({"knowledge": " | ".join(f"{r.label}: {r.knowledge_label}" for r in config.rows),
+                                  "metrics": "+".join(config.metrics) or "all"})
         done = 0
         for row in config.rows:
             for n in row_sizes(row, config.samples, victim):
@@ -123,7 +141,9 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
                     outcomes.append(_run_one(row, n, seed, victim, env, experiment_id, config.log_models))
                     done += 1
         env.progress("compare", total, total)
-        summary = aggregate(victim, outcomes, config)
+        metric_classes = [e.obj for e in sorted(env.registries.metrics, key=lambda e: (e.obj.column_order, e.name))]
+        shown = [env.registries.metrics.get(name) for name in config.metrics] or None
+        summary = aggregate(victim, outcomes, config, metric_classes, shown)
         with tempfile.TemporaryDirectory() as tmp:
             write_report(summary, Path(tmp))
             mlflow.log_artifacts(tmp, artifact_path="summary")
@@ -136,7 +156,8 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
              log_models: bool) -> RunOutcome:
     import mlflow  # heavy: see core/tracking/store.py
 
-    outcome = RunOutcome(label=row.label, defense=row.defense_name, n=n, seed=seed, bdk=row.bdk, status="RUNNING")
+    outcome = RunOutcome(label=row.label, defense=row.defense_name, n=n, seed=seed, knowledge=row.knowledge_label,
+                         status="RUNNING")
 
     def record_failure(exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
@@ -147,7 +168,8 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
     try:
         with tracking.tracked_run(
             experiment_id=experiment_id, nested=True, run_name=f"{row.label} n={n} seed={seed}",
-            tags={tracking.KIND_TAG: "defense", tracking.ROW_TAG: row.label, tracking.DEFENSE_TAG: row.defense_name,
+            tags={tracking.KIND_TAG: "defense", tracking.ROW_TAG: row.label, tracking.KNOWLEDGE_TAG: row.knowledge_label,
+                  tracking.DEFENSE_TAG: row.defense_name,
                   tracking.VICTIM_RUN_TAG: victim.run_id, tracking.VICTIM_HASH_TAG: victim.config_hash,
                   **tracking.standard_tags(env.device)},
             on_error=record_failure,
@@ -173,7 +195,8 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
     tracking.log_params_flat({
         "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
         "poison_rate": spec.poison_rate, "n": n, "seed": seed,
-        "knowledge": "bdk" if row.bdk else "none", "defense": row.defense_name, "row": row.label,
+        "knowledge": row.knowledge_label, "defense": row.defense_name, "row": row.label,
+        "repair": row.repair_cls.name if row.repair_cls is not None else None,
         "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},
     })
     progress = env.progress
@@ -181,7 +204,9 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
     def log_metric(key: str, value: float, step: int | None = None) -> None:
         mlflow.log_metric(key, float(value), step=step)
 
-    ctx = defense_context(victim, row.defense_cls, n, seed, env.device, trigger=row.bdk, target=True,
+    knows = row.knowledge
+    ctx = defense_context(victim, row.defense_cls, n, seed, env.device, trigger=knows is Knowledge.TRIGGER,
+                          target=knows is not Knowledge.NONE,
                           progress=lambda label, d, t: progress(f"  {row.label}: {label}", d, t),
                           log_metric=log_metric)
     data = victim.data
@@ -197,10 +222,12 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
         outcome.repair_time_s = watch.seconds
     result = evaluate(model, data.evaluation, victim.attack, data.num_classes, env.device)
     outcome.result = result
-    outcome.score = score(result, victim.before)
-    metrics = {"acc": result.acc, "asr": result.asr, "ctca": result.ctca,
-               "min_class_acc": result.min_class_acc, "score": outcome.score,
-               "defense_time_s": outcome.defense_time_s,
+    outcome.metrics, errors = compute_metrics(env.registries.metrics, result, victim.before)
+    for message in errors:  # a broken metric plugin costs its number, not the run
+        env.progress.message(f"  {row.label} n={n} seed={seed}: {message}")
+    if errors:
+        mlflow.set_tag(tracking.METRIC_ERROR_TAG, "; ".join(errors)[:5000])
+    metrics = {**outcome.metrics, "defense_time_s": outcome.defense_time_s,
                **{f"class_acc_{c}": a for c, a in enumerate(result.per_class_acc) if not math.isnan(a)}}
     if outcome.repair_time_s is not None:
         metrics["repair_time_s"] = outcome.repair_time_s

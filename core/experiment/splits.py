@@ -1,4 +1,4 @@
-"""The data protocol of DESIGN.md §6.
+"""The data protocol (docs/architecture.md, "Data protocol").
 
 - Poisoned training set: ``rate`` of the *whole* training set, drawn among non-target samples,
   is stamped with the trigger and relabelled to the target class; the indices are kept.
@@ -60,7 +60,7 @@ class TestSplit:
 
 def split_test(labels: Tensor, seed: int = TEST_SPLIT_SEED) -> TestSplit:
     """Stratified halves of the test split: (unseen pool, evaluation half)."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # heavy: imported on use
 
     idx = np.arange(len(labels))
     y = labels.cpu().numpy()

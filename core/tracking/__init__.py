@@ -10,6 +10,8 @@ from bdtool.core.tracking.store import (
     DEFENSE_TAG,
     ERROR_TAG,
     KIND_TAG,
+    KNOWLEDGE_TAG,
+    METRIC_ERROR_TAG,
     ROW_TAG,
     VICTIM_HASH_TAG,
     VICTIM_RUN_TAG,
@@ -27,7 +29,7 @@ from bdtool.core.tracking.store import (
 )
 
 __all__ = [
-    "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "KIND_TAG", "DEFENSE_TAG", "ERROR_TAG", "ROW_TAG", "VICTIM_HASH_TAG", "VICTIM_RUN_TAG",
+    "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "KIND_TAG", "KNOWLEDGE_TAG", "METRIC_ERROR_TAG", "DEFENSE_TAG", "ERROR_TAG", "ROW_TAG", "VICTIM_HASH_TAG", "VICTIM_RUN_TAG",
     "artifact_root_for", "download_state_dict",
     "ensure_experiment", "git_commit", "log_model", "log_params_flat", "pip_requirements",
     "resolve_tracking_uri", "setup_tracking", "standard_tags", "tracked_run",

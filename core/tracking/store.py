@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+import logging
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+import bdtool
 from bdtool.core.tracking.serialization import load_state_dict, save_state_dict
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -35,6 +37,8 @@ VICTIM_RUN_TAG = "bdtool.victim_run_id"
 ROW_TAG = "bdtool.row"
 DEFENSE_TAG = "bdtool.defense"
 ERROR_TAG = "bdtool.error"
+METRIC_ERROR_TAG = "bdtool.metric_errors"
+KNOWLEDGE_TAG = "bdtool.knowledge"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -49,9 +53,7 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def setup_tracking(uri: str | None = None) -> str:
     """Point MLflow at the store (creating the sqlite folder) and return the URI in use."""
-    import logging
-
-    import mlflow
+    import mlflow  # heavy: imported on use (module docstring)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -72,7 +74,7 @@ def artifact_root_for(uri: str) -> str | None:
 
 
 def ensure_experiment(name: str, uri: str) -> str:
-    import mlflow
+    import mlflow  # heavy: imported on use (module docstring)
 
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
@@ -85,7 +87,7 @@ def tracked_run(on_error: Callable[[BaseException], None] | None = None, **start
     """``mlflow.start_run`` that always ends the run with the right status: FINISHED, FAILED on an
     exception, KILLED on Ctrl-C; the exception propagates. ``on_error(exc)`` runs inside the run
     before it is ended FAILED (to tag it with the error). The one way bdtool opens a run."""
-    import mlflow
+    import mlflow  # heavy: imported on use (module docstring)
 
     run = mlflow.start_run(**start_run_kwargs)
     try:
@@ -113,8 +115,6 @@ def git_commit() -> str | None:
 
 
 def standard_tags(device: torch.device) -> dict[str, str]:
-    import bdtool
-
     tags = {"bdtool.version": bdtool.__version__, "bdtool.device": str(device),
             "bdtool.torch": torch.__version__}
     commit = git_commit()
@@ -124,7 +124,7 @@ def standard_tags(device: torch.device) -> dict[str, str]:
 
 
 def pip_requirements() -> list[str]:
-    import torchvision
+    import torchvision  # heavy: imported on use (only when a model is logged)
 
     return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
 
@@ -132,9 +132,8 @@ def pip_requirements() -> list[str]:
 def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> None:
     """Log ``model`` as an MLflow PyTorch model (explicit pip requirements, so no slow inference
     subprocess) and a ``state_dict.pt`` copy that bdtool reloads with ``weights_only=True``."""
-    import mlflow
+    import mlflow  # heavy: imported on use (module docstring)
     import mlflow.pytorch
-
 
     model = model.eval().cpu()
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,8 +148,7 @@ def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> N
 
 
 def download_state_dict(run_id: str, name: str = "model") -> dict[str, torch.Tensor]:
-    import mlflow
-
+    import mlflow  # heavy: imported on use (module docstring)
 
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{name}/state_dict.pt", dst_path=tmp)
@@ -158,7 +156,7 @@ def download_state_dict(run_id: str, name: str = "model") -> dict[str, torch.Ten
 
 
 def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:
-    import mlflow
+    import mlflow  # heavy: imported on use (module docstring)
 
     flat = {f"{prefix}{k}": ("" if v is None else str(v))[:6000] for k, v in params.items()}
     if flat:

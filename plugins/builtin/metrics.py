@@ -1,12 +1,21 @@
-"""The built-in metrics, registered as a plugin like any third party's (docs/architecture.md).
+"""The built-in metrics, registered as a plugin like any third party's (docs/architecture.md,
+"Metrics"). Every registered metric is computed for every defense run and logged to MLflow.
 
-The paper's Score is reconstructed in :func:`bdtool.core.experiment.evaluation.score` (docs/metrics
-in README "Metrics"); the supplement notes its Score misses a lost class (§B.1), hence the minimum
-class accuracy.
+- ``score``: the paper's Score, reconstructed (:func:`bdtool.core.experiment.evaluation.score`).
+  The supplement itself notes that it does not see the loss of a whole class (§B.1).
+- ``class_score``: Score × min(1, CTCA_after / CTCA_before) — zero when the target class is
+  destroyed, equal to Score when the class keeps its accuracy. It multiplies rather than averages
+  so that deleting the class can never be bought back by a high ACC (docs/method.md, "Honest
+  scoring").
+- ``der``: BackdoorBench's defense effectiveness rating (Wu et al., "BackdoorBench", NeurIPS 2022
+  Datasets and Benchmarks), [max(0, ΔASR) − max(0, ΔACC) + 1] / 2 with Δ = before − after, in
+  [0, 1]; shown ×100 so it can be set beside BackdoorBench's tables.
+- ``asr``, ``acc``, ``ctca``, ``min_class_acc``: the evaluation's own numbers.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import bdtool
@@ -15,50 +24,89 @@ from bdtool.core.interfaces import Metric
 from bdtool.core.results import EvalResult
 
 
-class Accuracy(Metric):
-    name = "acc"
-    description = "clean accuracy on the evaluation half"
-
-    def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
-        return result.acc
-
-
-class AttackSuccessRate(Metric):
-    name = "asr"
-    higher_is_better = False
-    description = "share of triggered non-target images classified as the target"
-
-    def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
-        return result.asr
-
-
-class CleanTargetClassAccuracy(Metric):
-    name = "ctca"
-    description = "clean accuracy on target-class images"
-
-    def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
-        return result.ctca
-
-
-class MinClassAccuracy(Metric):
-    name = "min_class_acc"
-    description = "lowest per-class clean accuracy (catches a lost class)"
-
-    def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
-        return result.min_class_acc
+def _need(reference: EvalResult | None, name: str) -> EvalResult:
+    if reference is None:
+        raise ValueError(f"{name} needs the victim's evaluation as reference")
+    return reference
 
 
 class Score(Metric):
     name = "score"
-    description = "100·(ACC/ACC_before)·max(0, 1−ASR/ASR_before)"
+    header = "Score"
+    relative = True
+    description = "paper's Score: 100·(ACC/ACC_before)·max(0, 1−ASR/ASR_before)"
 
     def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
-        if reference is None:
-            raise ValueError("score needs the victim's evaluation as reference")
-        return score(result, reference)
+        return score(result, _need(reference, self.name))
 
 
-BUILTIN_METRICS: tuple[type[Metric], ...] = (Score, AttackSuccessRate, Accuracy, CleanTargetClassAccuracy, MinClassAccuracy)
+class ClassAwareScore(Metric):
+    name = "class_score"
+    header = "ClassScore"
+    relative = True
+    description = "Score·min(1, CTCA/CTCA_before): 0 when the target class is destroyed"
+
+    def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
+        reference = _need(reference, self.name)
+        base = score(result, reference)
+        if math.isnan(base) or not reference.ctca > 0:
+            return float("nan")
+        return base * min(1.0, result.ctca / reference.ctca)
+
+
+class DefenseEffectivenessRating(Metric):
+    name = "der"
+    header = "DER"
+    relative = True
+    percent = True
+    description = "BackdoorBench's DER: [max(0, ΔASR) − max(0, ΔACC) + 1]/2, Δ = before − after"
+
+    def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
+        reference = _need(reference, self.name)
+        d_asr = reference.asr - result.asr
+        d_acc = reference.acc - result.acc
+        return (max(0.0, d_asr) - max(0.0, d_acc) + 1.0) / 2.0
+
+
+class EvaluationField(Metric):
+    """A metric that is one number of the evaluation itself (``field`` of :class:`EvalResult`)."""
+
+    field: str = ""
+    percent = True
+
+    def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
+        return float(getattr(result, self.field))
+
+
+class AttackSuccessRate(EvaluationField):
+    name, header, field = "asr", "ASR", "asr"
+    higher_is_better = False
+    description = "share of triggered non-target images classified as the target"
+
+
+class Accuracy(EvaluationField):
+    name, header, field = "acc", "ACC", "acc"
+    description = "clean accuracy on the evaluation half"
+
+
+class CleanTargetClassAccuracy(EvaluationField):
+    name, header, field = "ctca", "CTCA", "ctca"
+    description = "clean accuracy on target-class images"
+
+
+class MinClassAccuracy(EvaluationField):
+    name, header, field = "min_class_acc", "MinClass", "min_class_acc"
+    description = "lowest per-class clean accuracy (catches a lost class)"
+
+
+BUILTIN_METRICS: tuple[type[Metric], ...] = (
+    Score, ClassAwareScore, DefenseEffectivenessRating, AttackSuccessRate, Accuracy, CleanTargetClassAccuracy,
+    MinClassAccuracy,
+)
+
+
+for _order, _metric in enumerate(BUILTIN_METRICS):
+    _metric.column_order = _order
 
 
 @bdtool.hookimpl

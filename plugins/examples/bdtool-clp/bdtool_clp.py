@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 import bdtool
-from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.interfaces import Defense, DefenseContext, Metric
+from bdtool.core.results import EvalResult
 
 
 @dataclass
@@ -56,3 +57,22 @@ class ChannelLipschitzPruning(Defense):
 @bdtool.hookimpl
 def bdtool_register_defenses(register):
     register(ChannelLipschitzPruning)
+
+
+class NonTargetBalancedAccuracy(Metric):
+    """Mean per-class clean accuracy over every class except the backdoor's target: what a
+    defense kept of the classes the attack did not touch (a metric plugin example)."""
+
+    name = "nontarget_bal_acc"
+    header = "NonTargetBalAcc"
+    percent = True
+    description = "mean per-class clean accuracy over the non-target classes (example metric plugin)"
+
+    def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
+        accs = [a for c, a in enumerate(result.per_class_acc) if c != result.target_class and a == a]
+        return sum(accs) / len(accs) if accs else float("nan")
+
+
+@bdtool.hookimpl
+def bdtool_register_metrics(register):
+    register(NonTargetBalancedAccuracy)
