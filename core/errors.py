@@ -4,18 +4,29 @@ from __future__ import annotations
 
 
 class BdtoolError(Exception):
-    """A user-facing error: the message says what is wrong and how to fix it."""
+    """A user-facing error: the message says what is wrong and how to fix it. Subclasses carry
+    the facts as attributes too (like pluggy's errors carry the plugin), so callers and tests
+    never parse the message."""
 
 
 class UnknownNameError(BdtoolError, KeyError):
-    """A registry lookup of a name nobody registered."""
+    """A registry lookup of a name nobody registered: ``kind``, ``name`` and the ``suggestions``."""
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "", suggestions: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.kind, self.name, self.suggestions = kind, name, tuple(suggestions)
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
 
 
 class DuplicateNameError(BdtoolError):
-    """Two plugins registered the same name in one registry."""
+    """Two plugins registered the same name in one registry: ``kind``, ``name`` and ``plugins``
+    (the first registration's plugin, then the second's)."""
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "", plugins: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.kind, self.name, self.plugins = kind, name, tuple(plugins)
 
 
 class DataNotFoundError(BdtoolError):
@@ -27,7 +38,12 @@ class UnsafeModelFileError(BdtoolError):
 
 
 class InvalidParameterError(BdtoolError):
-    """A parameter value of the wrong type or out of range."""
+    """A parameter value of the wrong type or out of range: ``owner`` (the component or option)
+    and ``key`` where known."""
+
+    def __init__(self, message: str, *, owner: str = "", key: str = "") -> None:
+        super().__init__(message)
+        self.owner, self.key = owner, key
 
 
 class DefenseInputError(BdtoolError):

@@ -6,6 +6,7 @@ Lists are written with ``+`` between items (``layers=fc1+fc2``) because ``,`` se
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
@@ -33,24 +34,26 @@ def build_params(params_cls: type[P], values: Mapping[str, Any], owner: str) -> 
     kwargs: dict[str, Any] = {}
     for key, raw in values.items():
         if key not in known:
-            import difflib
-
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else "."
             raise InvalidParameterError(
-                f"{owner}: unknown parameter '{key}'{hint} Known: {', '.join(known) or '(none)'}"
+                f"{owner}: unknown parameter '{key}'{hint} Known: {', '.join(known) or '(none)'}",
+                owner=owner, key=key,
             )
-        kwargs[key] = coerce(raw, hints[key], f"{owner}: {key}")
+        try:
+            kwargs[key] = coerce(raw, hints[key], f"{owner}: {key}")
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(str(exc), owner=owner, key=key) from None
     try:
         params = params_cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise InvalidParameterError(f"{owner}: {exc}") from None
+        raise InvalidParameterError(f"{owner}: {exc}", owner=owner) from None
     validate = getattr(params, "validate", None)
     if callable(validate):
         try:
             validate()
         except ValueError as exc:
-            raise InvalidParameterError(f"{owner}: {exc}") from None
+            raise InvalidParameterError(f"{owner}: {exc}", owner=owner) from None
     return params
 
 

@@ -40,7 +40,8 @@ class Registry(Generic[T]):
             first = self._entries[name].source
             raise DuplicateNameError(
                 f"{self.kind} '{name}' is registered twice: by plugin '{first}' and by plugin "
-                f"'{source}'; uninstall one of them or restrict plugins with BDTOOL_PLUGINS"
+                f"'{source}'; uninstall one of them or restrict plugins with BDTOOL_PLUGINS",
+                kind=self.kind, name=name, plugins=(first, source),
             )
         self._entries[name] = Entry(name, obj, source)
 
@@ -56,11 +57,16 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(self.unknown_message(name)) from None
+            raise UnknownNameError(self.unknown_message(name), kind=self.kind, name=name,
+                                   suggestions=tuple(self.suggestions(name))) from None
+
+    def suggestions(self, name: str) -> list[str]:
+        """Up to three registered names close to ``name``."""
+        return difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
 
     def unknown_message(self, name: str) -> str:
         known = self.names()
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        close = self.suggestions(name)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
         return f"unknown {self.kind} '{name}'{hint} Known: {', '.join(known) or '(none)'}"
 

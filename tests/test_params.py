@@ -133,3 +133,16 @@ def test_bad_value_names_owner_and_key():
 def test_validate_value_error_becomes_invalid_parameter_error():
     with pytest.raises(InvalidParameterError, match="^demo: lr must be > 0$"):
         build_params(DemoParams, {"lr": "-1"}, "demo")
+
+
+def test_parameter_errors_name_the_owner_and_the_key():
+    @dataclass
+    class P:
+        lr: float = 0.1
+
+    with pytest.raises(InvalidParameterError) as unknown:
+        build_params(P, {"lrr": "1"}, owner="nad")
+    assert (unknown.value.owner, unknown.value.key) == ("nad", "lrr")
+    with pytest.raises(InvalidParameterError) as wrong:
+        build_params(P, {"lr": "fast"}, owner="nad")
+    assert (wrong.value.owner, wrong.value.key) == ("nad", "lr")

@@ -58,3 +58,14 @@ def test_builtins_come_from_our_own_entry_points():
     assert regs.attacks.entry("badnets").source == "attacks"
     assert {p.distribution for p in regs.plugins if p.name in ("datasets", "models", "attacks", "metrics")} == {"bdtool"}
     assert not [f for f in regs.failures if f.distribution == "bdtool"], regs.failures
+
+
+def test_registry_errors_carry_structured_fields():
+    registry = Registry("defense")
+    registry.register("ours", object, source="first-plugin")
+    with pytest.raises(DuplicateNameError) as dup:
+        registry.register("ours", object, source="second-plugin")
+    assert (dup.value.kind, dup.value.name, dup.value.plugins) == ("defense", "ours", ("first-plugin", "second-plugin"))
+    with pytest.raises(UnknownNameError) as unknown:
+        registry.get("ourz")
+    assert (unknown.value.kind, unknown.value.name, unknown.value.suggestions) == ("defense", "ourz", ("ours",))
