@@ -52,7 +52,7 @@ class _Parametrised:
 
 
 class Attack(_Parametrised, ABC):
-    """A backdoor attack: a trigger stamped on images and a target class (DESIGN.md §2)."""
+    """A backdoor attack: a trigger stamped on images and a target class."""
 
     description: ClassVar[str] = ""
 

@@ -1,5 +1,5 @@
 """The baseline defenses (basicFT, actFT, NAD, BaEraser, Retraining) and the contract every
-registered defense keeps (DESIGN.md §2, §5): parametrised over the whole defense registry."""
+registered defense keeps (docs/architecture.md, "Threat models"): parametrised over the whole defense registry."""
 
 from __future__ import annotations
 
