@@ -90,9 +90,11 @@ def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, devi
 KIND_ORDER = ("datasets", "models", "attacks", "defenses", "repairs", "metrics", "sweeps")
 
 
-def _component_row(attr: str, entry) -> dict[str, Any]:
+def _component_row(attr: str, entry, plugin_info: dict[str, Any] | None = None) -> dict[str, Any]:
     obj = entry.obj
     row: dict[str, Any] = {"name": entry.name, "plugin": entry.source, "description": getattr(obj, "description", "")}
+    info = plugin_info.get(entry.source) if plugin_info else None
+    row.update(distribution=info.distribution if info else None, version=info.version if info else None)
     if attr == "sweeps":
         row.update(rows=list(obj.rows), samples=list(obj.samples), targets=list(obj.targets))
     if attr == "defenses":
@@ -115,7 +117,8 @@ def list_components(kind: str | None, json_: bool) -> None:
     """List datasets, models, attacks, defenses, repairs, metrics and sweeps."""
     regs = get_registries()
     kinds = [kind] if kind else list(KIND_ORDER)
-    payload = {k: [_component_row(k, e) for e in regs.registry(k)] for k in kinds}
+    by_plugin = {info.name: info for info in regs.plugins}
+    payload = {k: [_component_row(k, e, by_plugin) for e in regs.registry(k)] for k in kinds}
     if json_:
         emit_json(payload)
         return
@@ -125,7 +128,8 @@ def list_components(kind: str | None, json_: bool) -> None:
             extra = ""
             if k == "defenses":
                 extra = f" [knowledge: {'/'.join(row['usable_knowledge'])}]"
-            click.echo(f"  {row['name']:<16} {row['description']}{extra}  ({row['plugin']})")
+            origin = f"{row['distribution']} {row['version']}" if row["distribution"] else row["plugin"]
+            click.echo(f"  {row['name']:<16} {row['description']}{extra}  ({origin})")
     _warn_failures(regs)
 
 

@@ -25,7 +25,7 @@ def test_example_plugin_is_discovered_and_runs(installed_example, monkeypatch, m
     # the channels it actually zeroed, and it must have pruned some (u=2 prunes ~8 on digits).
     zeroed = sum(int(((m.weight == 0) & (m.bias == 0)).sum()) for m in model.modules()
                  if isinstance(m, torch.nn.BatchNorm2d))
-    assert logged["clp_pruned_channels"] == zeroed >= 1
+    assert logged["pruned_channels"] == zeroed >= 1
     # Pruning a few channels keeps the clean accuracy within a few points of the victim's.
     result = evaluate(model, digits_victim.data.evaluation, digits_victim.attack, 10, torch.device("cpu"))
     assert result.acc >= digits_victim.before.acc - 0.05

@@ -31,6 +31,14 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size:
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
+def accuracy(model: nn.Module, data: LabeledTensors, device: torch.device) -> float:
+    """Clean accuracy of ``model`` on ``data`` (e.g. D_U), in eval mode; the model's train/eval
+    modes are left as they were."""
+    if len(data) == 0:
+        return float("nan")
+    return float((predict(model, data.x, device) == data.y.cpu()).float().mean())
+
+
 def evaluate(model: nn.Module, data: LabeledTensors, attack: Attack, num_classes: int,
              device: torch.device) -> EvalResult:
     """ACC, CTCA, per-class accuracy and ASR of ``model`` on ``data`` (the evaluation half)."""

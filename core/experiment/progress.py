@@ -9,7 +9,10 @@ from typing import TextIO
 
 class ProgressPrinter:
     """A ``progress(label, done, total)`` callable. On a TTY it redraws one line; otherwise it
-    prints a line when a task finishes or at most every ``interval`` seconds."""
+    prints a line when a task finishes or at most every ``interval`` seconds. The elapsed time
+    runs from a task's first call until it finishes; the text in parentheses after a label's stem
+    ("compare (NAD (none), n=50, seed=2)") is a detail that changes as the task goes on, so the
+    timer is kept per stem."""
 
     def __init__(self, stream: TextIO | None = None, enabled: bool = True, interval: float = 5.0,
                  prefix: str = "") -> None:
@@ -26,7 +29,8 @@ class ProgressPrinter:
         if not self.enabled:
             return
         now = time.monotonic()
-        start = self._start.setdefault(label, now)
+        stem = label.split(" (", 1)[0]  # "compare (Ours (trigger), n=50, seed=1)": the timer is "compare"'s
+        start = self._start.setdefault(stem, now)
         finished = done >= total
         if not self.tty and not finished and now - self._last.get(label, 0.0) < self.interval:
             return
@@ -42,7 +46,7 @@ class ProgressPrinter:
             self.stream.write(text + "\n")
         self.stream.flush()
         if finished:
-            self._start.pop(label, None)
+            self._start.pop(stem, None)
 
     def message(self, text: str) -> None:
         if not self.enabled:

@@ -75,6 +75,13 @@ class RunOutcome:
         }
 
 
+def namespaced(defense_name: str, key: str) -> str:
+    """A defense's own metric key under its name ("nad.ce_loss"), so it can never collide with
+    bdtool's metrics (acc, asr, score, ...) or another defense's (docs/plugins.md)."""
+    prefix = f"{defense_name}."
+    return key if key.startswith(prefix) else prefix + key
+
+
 def finite_or_none(value: float | None) -> float | None:
     """JSON has no NaN: a missing number is null."""
     return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
@@ -202,7 +209,7 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
     progress = env.progress
 
     def log_metric(key: str, value: float, step: int | None = None) -> None:
-        mlflow.log_metric(key, float(value), step=step)
+        mlflow.log_metric(namespaced(row.defense_name, key), float(value), step=step)
 
     knows = row.knowledge
     ctx = defense_context(victim, row.defense_cls, n, seed, env.device, trigger=knows is Knowledge.TRIGGER,

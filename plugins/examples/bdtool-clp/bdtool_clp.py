@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import bdtool
-from bdtool.core.interfaces import Defense, DefenseContext, Metric
-from bdtool.core.results import EvalResult
+from bdtool.api import Defense, DefenseContext, EvalResult, Metric, hookimpl
 
 
 @dataclass
@@ -50,11 +48,11 @@ class ChannelLipschitzPruning(Defense):
             bn.weight[mask] = 0.0
             bn.bias[mask] = 0.0
             pruned += int(mask.sum())
-        ctx.log_metric("clp_pruned_channels", float(pruned), None)
+        ctx.log_metric("pruned_channels", float(pruned), None)  # logged as "clp.pruned_channels"
         return model
 
 
-@bdtool.hookimpl
+@hookimpl
 def bdtool_register_defenses(register):
     register(ChannelLipschitzPruning)
 
@@ -73,6 +71,6 @@ class NonTargetBalancedAccuracy(Metric):
         return sum(accs) / len(accs) if accs else float("nan")
 
 
-@bdtool.hookimpl
+@hookimpl
 def bdtool_register_metrics(register):
     register(NonTargetBalancedAccuracy)
