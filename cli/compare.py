@@ -75,11 +75,17 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
 def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, dataset, model, attack, target, poison_rate,
             victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow."""
-    from bdtool.core.experiment.rows import default_row_texts
+    from bdtool.core.experiment.rows import default_rows_under
+    from bdtool.core.interfaces import Knowledge
 
     spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
-    texts = list(defenses) or default_row_texts(env.registries)
+    texts = list(defenses)
+    if not texts:
+        texts, skipped = default_rows_under(Knowledge.parse(knowledge), env.registries)
+        for text, reason in skipped:
+            if not json_:
+                click.echo(f"default row '{text}' left out under --knowledge {knowledge}: {reason}", err=True)
     payload = compare_and_report(texts, list(samples) or [50], seeds, knowledge, spec, env, output, json_,
                                  not no_log_models, list(metrics))
     if json_:

@@ -158,3 +158,17 @@ def test_metric_columns_are_chosen_with_metric(mlflow_store, digits_victim):
     assert "DER (↑)" in header and "CTCA (↑)" in header and "Score" not in header and "ASR" not in header
     bad = compare(mlflow_store, "tm-columns", "--defense", "suppress-target", "--metric", "scor")
     assert bad.exit_code != 0 and "unknown metric 'scor'" in bad.output and "did you mean 'score'" in bad.output
+
+
+def test_default_rows_under_a_lower_knowledge_leave_out_what_cannot_run_or_knows_more():
+    from bdtool.core.experiment.rows import default_rows_under
+
+    regs = get_registries()
+    kept, skipped = default_rows_under(Knowledge.NONE, regs)
+    rows = [parse_row(text, Knowledge.NONE, regs) for text in kept]
+    assert rows and all(r.knowledge is Knowledge.NONE for r in rows)
+    assert len({r.label for r in rows}) == len(rows)
+    left_out = dict(skipped)
+    assert "suppress-target" in left_out and "actft" in left_out and "ours:knowledge=target" in left_out
+    everything, nothing = default_rows_under(Knowledge.TRIGGER, regs)
+    assert nothing == [] and "suppress-target" in everything and "actft" in everything

@@ -168,6 +168,29 @@ def default_row_texts(registries) -> list[str]:
     return texts
 
 
+def default_rows_under(granted: Knowledge, registries) -> tuple[list[str], list[tuple[str, str]]]:
+    """The default rows that can run under ``granted`` (the ``--knowledge`` default), and the
+    ones left out with the reason: ``bdtool compare --knowledge none`` runs every defense that
+    needs no knowledge instead of refusing the whole comparison."""
+    kept: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    labels: set[str] = set()
+    for text in default_row_texts(registries):
+        try:
+            row = parse_row(text, granted, registries)
+        except InvalidParameterError as exc:
+            skipped.append((text, str(exc).split(": ", 1)[-1]))
+            continue
+        if row.knowledge.rank > granted.rank:
+            skipped.append((text, f"it knows more ({row.knowledge.value}) than --knowledge {granted.value}"))
+        elif row.label in labels:
+            skipped.append((text, f"the same row as another default ({row.label})"))
+        else:
+            kept.append(text)
+            labels.add(row.label)
+    return kept, skipped
+
+
 def parse_rows(texts: list[str], default_knowledge: Knowledge, registries) -> list[RowSpec]:
     rows = [parse_row(t, default_knowledge, registries) for t in texts]
     labels = [r.label for r in rows]
