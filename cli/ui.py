@@ -35,7 +35,9 @@ def server_env() -> dict[str, str]:
 @click.option("--port", default=5000, show_default=True, type=int, help="Port on 127.0.0.1.")
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow store (default sqlite:///mlruns/mlflow.db).")
-def ui(port: int, tracking_uri: str | None) -> None:
+@click.option("experiment_name", "--experiment", default="bdtool", show_default=True,
+              help="The experiment whose runs page to print a link to.")
+def ui(port: int, tracking_uri: str | None, experiment_name: str) -> None:
     """Serve the MLflow UI for bdtool's store on 127.0.0.1 until Ctrl-C."""
     uri = resolve_tracking_uri(tracking_uri)
     setup_tracking(uri)
@@ -46,6 +48,11 @@ def ui(port: int, tracking_uri: str | None) -> None:
     # The server gets its own session so that stopping it stops its uvicorn worker too.
     proc = subprocess.Popen(server_command(uri, port), env=server_env(), start_new_session=True)
     click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (server pid {proc.pid}; Ctrl-C to stop)")
+    experiment = _experiment_id(experiment_name)
+    if experiment is not None:
+        # MLflow 3 opens in its GenAI mode unless the URL asks for the model-training views.
+        click.echo(f"runs of experiment '{experiment_name}': "
+                   f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning")
     try:
         code = proc.wait()
     except KeyboardInterrupt:
@@ -54,6 +61,17 @@ def ui(port: int, tracking_uri: str | None) -> None:
         return
     if code != 0:
         raise click.ClickException(f"the MLflow server exited with code {code}")
+
+
+def _experiment_id(name: str) -> str | None:
+    """The id of experiment ``name`` in the store set up by ``setup_tracking``, or None."""
+    import mlflow  # heavy: imported on use
+
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+    except Exception:  # noqa: BLE001 - only a convenience link; the server still starts
+        return None
+    return experiment.experiment_id if experiment is not None else None
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

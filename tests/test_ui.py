@@ -37,7 +37,8 @@ def test_ui_serves_the_runs_of_a_comparison(mlflow_store, digits_victim):
 
     port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_store)
-    proc = subprocess.Popen([sys.executable, "-m", "bdtool.cli", "ui", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "bdtool.cli", "ui", "--port", str(port), "--experiment", "tests"],
+                            env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -66,5 +67,7 @@ def test_ui_serves_the_runs_of_a_comparison(mlflow_store, digits_victim):
             raise
     assert proc.returncode == 0
     assert f"http://127.0.0.1:{port}" in output and "stopped" in output
+    runs_link = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert runs_link in output  # MLflow 3 opens in GenAI mode without it
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)

@@ -118,6 +118,17 @@ class SummaryRow:
             out["errors"] = self.errors
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SummaryRow":
+        """The inverse of ``to_dict`` (a row of a logged ``summary.json``)."""
+        nan = float("nan")
+        stats = {key[:-len("_mean")]: Stat(nan if value is None else float(value),
+                                           nan if data.get(key[:-len("_mean")] + "_std") is None
+                                           else float(data[key[:-len("_mean")] + "_std"]))
+                 for key, value in data.items() if key.endswith("_mean")}
+        return cls(data["label"], data.get("n"), stats, int(data.get("seeds_ok", 0)), int(data.get("seeds_failed", 0)),
+                   list(data.get("errors") or []), data.get("knowledge") or "", bool(data.get("class_removed", False)))
+
 
 @dataclass
 class Summary:
@@ -134,6 +145,17 @@ class Summary:
                 "units": "metrics marked percent in `bdtool list metrics` (acc, asr, ctca, min_class_acc, der) "
                          "as fractions; score and class_score in points (0-100); times in seconds",
                 "class_removed": f"mean CTCA below {CLASS_REMOVED_FRACTION:g} x the victim's CTCA"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], metric_classes: Sequence[Any] = ()) -> "Summary":
+        """The inverse of ``to_dict`` (a logged ``summary.json``, as ``bdtool show`` reads it).
+        ``summary.json`` names its columns by key only: their headers, direction and scale come from
+        ``metric_classes`` (the registered Metric classes); a key no longer registered gets a plain
+        column named by its key."""
+        known = {c.key: c for c in metric_columns(metric_classes)}
+        columns = [known.get(key, Column(key, key, True)) for key in data.get("columns", [])]
+        return cls(data["title"], SummaryRow.from_dict(data["before"]), [SummaryRow.from_dict(r) for r in data["rows"]],
+                   dict(data.get("meta") or {}), list(data.get("runs") or []), columns)
 
 
 def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareConfig",

@@ -20,7 +20,7 @@ from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.context import defense_context
 from bdtool.core.experiment.evaluation import compute_metrics, evaluate
-from bdtool.core.experiment.report import Summary, aggregate, row_sizes, write_report
+from bdtool.core.experiment.report import Summary, aggregate, format_markdown, row_sizes, write_report
 from bdtool.core.experiment.rows import RowSpec
 from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, get_victim, load_dataset
@@ -156,6 +156,7 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
             mlflow.log_artifacts(tmp, artifact_path="summary")
             if config.output_dir:
                 shutil.copytree(tmp, config.output_dir, dirs_exist_ok=True)
+        tracking.store.set_description(format_markdown(summary))
     return ComparisonResult(victim, config, outcomes, parent.info.run_id, summary)
 
 
@@ -206,6 +207,7 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
         "repair": row.repair_cls.name if row.repair_cls is not None else None,
         "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},
     })
+    tracking.store.set_description(_defense_description(row, n, seed, defense.params_dict(), victim))
     progress = env.progress
 
     def log_metric(key: str, value: float, step: int | None = None) -> None:
@@ -217,6 +219,7 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
                           progress=lambda label, d, t: progress(f"  {row.label}: {label}", d, t),
                           log_metric=log_metric)
     data = victim.data
+    _log_run_inputs(ctx, data, spec.dataset, n, seed)
     seed_everything(seed)
     with timed(env.device) as watch:
         model = defense.defend(victim.model, ctx)
@@ -242,3 +245,29 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
     mlflow.log_dict(result.to_dict(), "evaluation.json")
     if log_models:
         tracking.log_model(model, data.evaluation.x, "model")
+
+
+def _defense_description(row: RowSpec, n: int, seed: int, params: dict[str, Any], victim: Victim) -> str:
+    """The run's description (Markdown) in the MLflow UI: what this run of the comparison is."""
+    spec = victim.spec
+    lines = [f"**{row.label}**: defense `{row.defense_name}`, knowledge `{row.knowledge_label}`, n={n}, seed={seed}",
+             "", f"Victim: {spec.dataset} / {spec.model} / {spec.attack} (target {spec.target}, poison rate "
+             f"{spec.poison_rate:g}), run `{victim.run_id}`."]
+    if row.repair_lr is not None:
+        lines += ["", f"Repair: `{row.repair_cls.name if row.repair_cls is not None else ''}` lr={row.repair_lr:g}"]
+    if params:
+        lines += ["", "Defense params: " + ", ".join(f"`{k}={v}`" for k, v in params.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _log_run_inputs(ctx: Any, data: Any, dataset: str, n: int, seed: int) -> None:
+    """The data of a defense run as MLflow dataset inputs: what the defense trained on (D_U, or the
+    clean training set for a retraining defense) and the evaluation half it was scored on."""
+    if len(ctx.unlearn):
+        tracking.store.log_dataset_input(ctx.unlearn, f"{dataset} D_U n={n} seed={seed}", "training",
+                                         dataset=dataset, split="unseen pool (D_U)", n=len(ctx.unlearn), seed=seed)
+    if ctx.train is not None:
+        tracking.store.log_dataset_input(ctx.train, f"{dataset} clean train", "training", dataset=dataset,
+                                         split="train minus poisoned", n=len(ctx.train))
+    tracking.store.log_dataset_input(data.evaluation, f"{dataset} evaluation", "evaluation", dataset=dataset,
+                                     split="test (evaluation half)", n=len(data.evaluation))

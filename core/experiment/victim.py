@@ -189,6 +189,13 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
             **{f"train.{k}": v for k, v in asdict(train_config).items()},
         })
 
+        tracking.store.log_dataset_input(
+            data.train, f"{spec.dataset} poisoned train", "training", dataset=spec.dataset,
+            split=f"train ({spec.attack}, poison rate {spec.poison_rate:g})", n=len(data.train),
+            n_poisoned=len(data.poisoned_indices), seed=spec.seed)
+        tracking.store.log_dataset_input(data.evaluation, f"{spec.dataset} evaluation", "evaluation",
+                                         dataset=spec.dataset, split="test (evaluation half)", n=len(data.evaluation))
+
         def on_epoch(epoch: int, loss: float) -> None:
             result = evaluate(model, data.evaluation, attack, bundle.num_classes, env.device)
             mlflow.log_metrics({"train_loss": loss, "acc": result.acc, "asr": result.asr, "ctca": result.ctca}, step=epoch)

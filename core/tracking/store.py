@@ -39,6 +39,11 @@ DEFENSE_TAG = "bdtool.defense"
 ERROR_TAG = "bdtool.error"
 METRIC_ERROR_TAG = "bdtool.metric_errors"
 KNOWLEDGE_TAG = "bdtool.knowledge"
+# MLflow's own tags. The experiment kind marks bdtool's experiment as model training (not GenAI);
+# the note is a run's description, rendered as Markdown by the UI.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DESCRIPTION_TAG = "mlflow.note.content"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -78,8 +83,41 @@ def ensure_experiment(name: str, uri: str) -> str:
 
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older bdtool or by hand: mark it
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_root_for(uri))
+    return mlflow.create_experiment(name, artifact_location=artifact_root_for(uri),
+                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def set_description(text: str) -> None:
+    """The active run's description (Markdown; shown on its page in the UI)."""
+    import mlflow  # heavy: imported on use (module docstring)
+
+    mlflow.set_tag(DESCRIPTION_TAG, text[:60000])
+
+
+def log_dataset_input(data: Any, name: str, context: str, **source: Any) -> None:
+    """Log ``data`` (a ``LabeledTensors``) as an MLflow dataset input of the active run: name,
+    a digest of its labels and of its images' bytes, their shapes as the schema, and ``source``
+    (data set, split, n, seed, ...) as the source's tags. The images themselves are not logged."""
+    import hashlib
+
+    import mlflow  # heavy: imported on use (module docstring)
+    import numpy as np
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import Schema, TensorSpec
+
+    x, y = data.x.detach().cpu(), data.y.detach().cpu()
+    digest = hashlib.sha256()
+    digest.update(y.numpy().astype(np.int64).tobytes())
+    digest.update(x.contiguous().numpy().tobytes())
+    schema = Schema([TensorSpec(np.dtype(str(x.dtype).removeprefix("torch.")), (-1, *x.shape[1:]), "image"),
+                     TensorSpec(np.dtype(str(y.dtype).removeprefix("torch.")), (-1,), "label")])
+    tags = {k: str(v) for k, v in source.items()}
+    dataset = MetaDataset(CodeDatasetSource(tags=tags), name=name, digest=digest.hexdigest()[:8], schema=schema)
+    mlflow.log_input(dataset, context=context)
 
 
 @contextmanager

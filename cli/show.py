@@ -1,0 +1,85 @@
+"""``bdtool show``: a past comparison's table again, from the MLflow store alone (docs/ui.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+from bdtool.cli.main import emit_json, main
+from bdtool.core.errors import BdtoolError
+
+
+def find_comparison(client, run_ref: str, experiment: str) -> str:
+    """The parent run id of ``run_ref``: a run id, or ``latest`` (the newest FINISHED comparison
+    of ``experiment``)."""
+    from mlflow.exceptions import MlflowException
+
+    from bdtool.core import tracking
+
+    if run_ref == "latest":
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise BdtoolError(f"no MLflow experiment '{experiment}' in this store")
+        runs = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.`{tracking.KIND_TAG}` = 'comparison' and attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            raise BdtoolError(f"no finished comparison in experiment '{experiment}'; run bdtool compare first")
+        return runs[0].info.run_id
+    try:
+        run = client.get_run(run_ref)
+    except MlflowException:
+        raise BdtoolError(f"no MLflow run '{run_ref}' in this store") from None
+    kind = run.data.tags.get(tracking.KIND_TAG)
+    if kind != "comparison":
+        raise BdtoolError(f"run '{run_ref}' is not a comparison (bdtool.kind={kind}); pass a parent run id")
+    return run_ref
+
+
+@main.command()
+@click.argument("run_ref", default="latest", metavar="[PARENT_RUN_ID|latest]")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow store (default sqlite:///mlruns/mlflow.db).")
+@click.option("--experiment", default="bdtool", show_default=True, help="MLflow experiment name (for latest).")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Also write the comparison's Markdown, CSV, JSON and plots (as logged) into this folder.")
+@click.option("json_", "--json", is_flag=True, help="Print the summary JSON on stdout and nothing else.")
+def show(run_ref: str, tracking_uri: str | None, experiment: str, output: str | None, json_: bool) -> None:
+    """Print a past comparison's table again, from the MLflow store (default: the latest)."""
+    import mlflow  # heavy: imported on use
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from bdtool.core import tracking
+    from bdtool.core.experiment.report import CLASS_REMOVED_MARK, Summary, format_text_table
+    from bdtool.plugins import get_registries
+
+    uri = tracking.setup_tracking(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    run_id = find_comparison(client, run_ref, experiment)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="summary", dst_path=tmp,
+                                                              tracking_uri=uri))
+        except (MlflowException, OSError):
+            folder = Path(tmp) / "missing"
+        if not (folder / "summary.json").is_file():
+            raise BdtoolError(f"comparison run '{run_id}' has no summary/summary.json (did it finish?)")
+        data = json.loads((folder / "summary.json").read_text())
+        if output:
+            shutil.copytree(folder, output, dirs_exist_ok=True)
+    if json_:
+        emit_json({**data, "parent_run_id": run_id})
+        return
+    metrics = [e.obj for e in get_registries().metrics]
+    summary = Summary.from_dict(data, metrics)
+    click.echo(format_text_table(summary))
+    removed = [f"{r.label} n={r.n}" for r in summary.rows if r.class_removed and not r.failed]
+    if removed:
+        click.echo(f"{CLASS_REMOVED_MARK}: mean CTCA below half of the victim's; these rows removed the target "
+                   f"class with the backdoor: {', '.join(removed)}")
+    click.echo(f"MLflow parent run {run_id} (bdtool ui to browse)" + (f"; tables written to {output}" if output else ""))

@@ -1,0 +1,109 @@
+"""`bdtool show` re-renders a past comparison from the MLflow store alone; the comparison's runs
+carry what the MLflow UI shows (experiment kind, dataset inputs, descriptions)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from bdtool.cli import main
+from bdtool.core import tracking
+
+
+@pytest.fixture(scope="module")
+def comparison(mlflow_store, digits_victim, tmp_path_factory):
+    """One small comparison in its own experiment of the session store: (experiment, compare output,
+    parent run id, its --output folder)."""
+    experiment = "show-tests"
+    output = tmp_path_factory.mktemp("compare-output")
+    result = CliRunner().invoke(main, ["compare", "--device", "cpu", "--tracking-uri", mlflow_store,
+                                       "--experiment", experiment, "--defense", "suppress-target", "--defense", "ours",
+                                       "--samples", "5", "--seeds", "1", "--no-log-models", "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    parent = result.output.split("MLflow parent run ")[1].split()[0]
+    return experiment, result.output, parent, output
+
+
+def table_lines(output: str) -> list[str]:
+    """The text table of a compare/show output: from its title to the last row."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if " mean ± std over " in line)
+    end = next(i for i in range(start + 3, len(lines))
+               if not lines[i].strip() or lines[i].startswith(("MLflow parent run", "[class removed]:")))
+    return lines[start:end]
+
+
+def show(mlflow_store, *args):
+    return CliRunner().invoke(main, ["show", "--tracking-uri", mlflow_store, *args])
+
+
+def test_show_latest_prints_the_table_compare_printed(mlflow_store, comparison, tmp_path):
+    experiment, compare_output, parent, compare_folder = comparison
+    result = show(mlflow_store, "latest", "--experiment", experiment, "--output", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    expected = table_lines(compare_output)
+    assert len(expected) >= 5  # title, header, rule, Before, two rows
+    assert table_lines(result.output) == expected
+    assert f"MLflow parent run {parent}" in result.output
+    # --output: the files bdtool compare wrote, byte for byte
+    for name in ("summary.md", "summary.csv", "summary.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (compare_folder / name).read_bytes()
+    # the same by id
+    by_id = show(mlflow_store, parent)
+    assert by_id.exit_code == 0, by_id.output
+    assert table_lines(by_id.output) == expected
+
+
+def test_show_json_is_the_logged_summary(mlflow_store, comparison):
+    experiment, _, parent, compare_folder = comparison
+    result = show(mlflow_store, parent, "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload.pop("parent_run_id") == parent
+    assert payload == json.loads((compare_folder / "summary.json").read_text())
+    assert [r["label"] for r in payload["rows"]] == ["Null: suppress target (target label)", "Ours (trigger)"]
+
+
+@pytest.mark.parametrize("ref, message", [("0123456789abcdef0123456789abcdef", "no MLflow run"),
+                                          ("victim", "is not a comparison")])
+def test_show_unknown_or_wrong_run_is_one_line_and_nonzero(mlflow_store, comparison, digits_victim, ref, message):
+    result = show(mlflow_store, digits_victim.run_id if ref == "victim" else ref)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_show_latest_of_an_experiment_without_comparisons_fails_clearly(mlflow_store, comparison):
+    result = show(mlflow_store, "latest", "--experiment", "no-such-experiment")
+    assert result.exit_code != 0 and "no MLflow experiment 'no-such-experiment'" in result.output
+
+
+def test_runs_carry_what_the_mlflow_ui_shows(mlflow_store, comparison):
+    experiment, _, parent, _ = comparison
+    client = MlflowClient(tracking_uri=mlflow_store)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp.tags[tracking.store.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    parent_run = client.get_run(parent)
+    description = parent_run.data.tags[tracking.store.DESCRIPTION_TAG]
+    assert "| Method | n |" in description and "Ours (trigger)" in description
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(children) == 2
+    for run in children:
+        note = run.data.tags[tracking.store.DESCRIPTION_TAG]
+        assert run.data.tags[tracking.ROW_TAG] in note and "n=5, seed=0" in note
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {"training", "evaluation"}
+        assert inputs["training"].name == "digits D_U n=5 seed=0"
+        assert json.loads(inputs["training"].source)["tags"] == {"dataset": "digits", "split": "unseen pool (D_U)",
+                                                                 "n": "5", "seed": "0"}
+        assert len(inputs["training"].digest) == 8
+
+
+def test_ensure_experiment_marks_an_existing_experiment_as_model_training(mlflow_store):
+    client = MlflowClient(tracking_uri=mlflow_store)
+    experiment_id = client.create_experiment("made-by-hand")
+    assert tracking.store.EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags
+    tracking.setup_tracking(mlflow_store)
+    assert tracking.ensure_experiment("made-by-hand", mlflow_store) == experiment_id
+    assert client.get_experiment(experiment_id).tags[tracking.store.EXPERIMENT_KIND_TAG] == "custom_model_development"
