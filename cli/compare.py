@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
-from bdtool.cli.main import emit_json, main, make_env, make_spec
+from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
 from bdtool.cli.options import env_options, victim_options
+from bdtool.cli.preflight import preflight
+
+
+# Exit codes of compare and sweep (README, "bdtool compare"): 0 every run ran; 3 some runs failed
+# (tables still printed and written; the comparison run is FAILED); 1 every run failed. A signal
+# exits 128 + N (bdtool.cli.signals).
+PARTIAL_FAILURE = 3
+ALL_FAILED = 1
+
+
+def exit_code(payloads: list[dict[str, Any]]) -> int:
+    """The worst over comparisons: every run of one failed (1) > some failed (3) > none (0)."""
+    codes = [0 if not p["runs_failed"] else ALL_FAILED if p["runs_failed"] == p["runs_total"] else PARTIAL_FAILURE
+             for p in payloads]
+    return ALL_FAILED if ALL_FAILED in codes else PARTIAL_FAILURE if PARTIAL_FAILURE in codes else 0
 
 
 def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowledge: str, spec, env, output: str | None,
                        json_: bool, log_models: bool, metrics: list[str] | None = None) -> dict[str, Any]:
     """Validate the rows, run the comparison, print the table (or nothing with --json), write
-    ``--output`` files, and return the summary as a dict (with ``parent_run_id``)."""
+    ``--output`` files, and return the summary as a dict (with ``parent_run_id``, ``status``,
+    ``runs_total`` and ``runs_failed``); failed runs are said in one line on stderr."""
     from bdtool.core.experiment.report import CLASS_REMOVED_MARK, format_text_table
     from bdtool.core.interfaces import Knowledge
     from bdtool.core.experiment.rows import parse_rows
-    from bdtool.core.experiment.runner import CompareConfig, run_comparison
+    from bdtool.core.experiment.runner import CompareConfig, failed_outcomes, failure_details, run_comparison
 
     registries = env.registries
     # Validate everything before any work starts or any run is created.
@@ -30,15 +45,24 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     registries.attacks.get(spec.attack)
     config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models,
                            output_dir=output, metrics=list(metrics or []))
-    try:
-        result = run_comparison(config, env)
-    except KeyboardInterrupt:
-        click.echo("interrupted: open MLflow runs were marked KILLED; no results were reported", err=True)
-        sys.exit(130)
+    report_orphans(env.tracking_uri)
+    # Ctrl-C or a signal: the runs are ended KILLED and BdtoolGroup exits 128 + N, reporting nothing.
+    result = run_comparison(config, env)
     summary = result.summary
     payload = summary.to_dict()
     payload["parent_run_id"] = result.parent_run_id
+    failed = failed_outcomes(result.outcomes)
+    payload.update(status="FAILED" if failed else "FINISHED", runs_total=len(result.outcomes), runs_failed=len(failed))
+
+    def say_failures() -> None:  # last on stderr, with or without --json
+        if failed and len(failed) == len(result.outcomes):
+            click.echo(f"every row failed: {failure_details(result.outcomes)}", err=True)
+        elif failed:
+            click.echo(f"{len(failed)} of {len(result.outcomes)} runs failed: the comparison run is marked FAILED "
+                       f"(exit code {PARTIAL_FAILURE})", err=True)
+
     if json_:
+        say_failures()
         return payload
     click.echo(format_text_table(summary))
     removed = [f"{r.label} n={r.n}" for r in summary.rows if r.class_removed and not r.failed]
@@ -50,6 +74,7 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
             click.echo(f"{r.label} n={r.n}: {r.seeds_failed} run(s) failed: {'; '.join(r.errors)}", err=True)
     click.echo(f"MLflow parent run {result.parent_run_id} (bdtool ui to browse)"
                + (f"; tables written to {output}" if output else ""))
+    say_failures()
     return payload
 
 
@@ -75,6 +100,7 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
 def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, dataset, model, attack, target, poison_rate,
             victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow."""
+    preflight(tracking_uri, output)
     from bdtool.core.experiment.rows import default_rows_under
     from bdtool.core.interfaces import Knowledge
 
@@ -90,3 +116,6 @@ def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models,
                                  not no_log_models, list(metrics))
     if json_:
         emit_json(payload)
+    code = exit_code([payload])
+    if code:
+        raise click.exceptions.Exit(code)

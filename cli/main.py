@@ -14,6 +14,7 @@ import click
 
 import bdtool
 from bdtool.cli.options import env_options, parse_key_values, victim_options
+from bdtool.cli.preflight import preflight
 from bdtool.core.compute.device import resolve_device
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.progress import ProgressPrinter
@@ -22,14 +23,53 @@ from bdtool.core.params import params_to_dict
 from bdtool.plugins import get_registries
 
 
+def report_orphans(tracking_uri: str | None) -> None:
+    """End KILLED the runs left RUNNING by a bdtool process of this host that is gone
+    (``tracking.mark_orphans``) and say so in one line on stderr. Every command that opens the
+    store calls it once the store passed ``preflight`` and its arguments were checked; a store
+    that cannot be read is left to the command itself to report."""
+    from bdtool.core.tracking.orphans import mark_orphans
+
+    try:
+        report = mark_orphans(tracking_uri)
+    except Exception:  # noqa: BLE001 - housekeeping only: the command reports a broken store itself
+        return
+    if report.killed:
+        click.echo(f"marked {len(report.killed)} run(s) KILLED whose process is gone (left by a killed bdtool)",
+                   err=True)
+
+
 class BdtoolGroup(click.Group):
-    """Turns user-facing errors into one clear line (no traceback) and a non-zero exit."""
+    """Turns user-facing errors into one clear line (no traceback) and a non-zero exit, and a
+    signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) into KILLED runs, one line and exit 128 + N
+    (``bdtool.cli.signals``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from bdtool.cli.signals import exit_code_of, name_of, raising_interrupted
+
+        with raising_interrupted():
+            try:
+                return super().invoke(ctx)
+            except BdtoolError as exc:
+                raise click.ClickException(str(exc)) from None
+            except KeyboardInterrupt as exc:  # tracked_run has ended the open runs KILLED
+                end_active_runs("KILLED")
+                click.echo(f"interrupted by {name_of(exc)}: open MLflow runs were marked KILLED", err=True)
+                raise click.exceptions.Exit(exit_code_of(exc)) from None
+
+
+def end_active_runs(status: str) -> None:
+    """A run still active here (a signal between ``start_run`` and ``tracked_run``'s ``try``)."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    for _ in range(100):  # nested runs at most a few deep
         try:
-            return super().invoke(ctx)
-        except BdtoolError as exc:
-            raise click.ClickException(str(exc)) from None
+            if mlflow.active_run() is None:
+                return
+            mlflow.end_run(status)
+        except Exception:  # noqa: BLE001 - the store is gone: the next command marks them (orphans)
+            return
 
 
 @click.group(cls=BdtoolGroup)
@@ -67,8 +107,10 @@ def emit_json(payload: Any) -> None:
 def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download,
           tracking_uri, experiment, json_, retrain) -> None:
     """Train (or reuse) the poisoned victim model and log it to MLflow."""
+    preflight(tracking_uri)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
+    report_orphans(tracking_uri)
     victim = get_victim(spec, env, retrain=retrain)
     result = {
         "victim_hash": victim.config_hash, "run_id": victim.run_id, "reused": victim.reused,

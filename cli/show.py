@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import click
 
-from bdtool.cli.main import emit_json, main
+from bdtool.cli.main import emit_json, main, report_orphans
+from bdtool.cli.preflight import preflight
 from bdtool.core.errors import BdtoolError
 
 
 def find_comparison(client, run_ref: str, experiment: str) -> str:
-    """The parent run id of ``run_ref``: a run id, or ``latest`` (the newest FINISHED comparison
-    of ``experiment``)."""
+    """The parent run id of ``run_ref``: a run id, or ``latest`` (the newest comparison of
+    ``experiment`` that ran to its end: FINISHED, or FAILED because some of its rows failed)."""
     from mlflow.exceptions import MlflowException
 
     from bdtool.core import tracking
@@ -24,9 +24,11 @@ def find_comparison(client, run_ref: str, experiment: str) -> str:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             raise BdtoolError(f"no MLflow experiment '{experiment}' in this store")
-        runs = client.search_runs([exp.experiment_id],
-                                  filter_string=f"tags.`{tracking.KIND_TAG}` = 'comparison' and attributes.status = 'FINISHED'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+        # A comparison with failed rows ends FAILED but has its summary; killed or running ones do not.
+        runs = [r for r in client.search_runs([exp.experiment_id],
+                                              filter_string=f"tags.`{tracking.KIND_TAG}` = 'comparison'",
+                                              order_by=["attributes.start_time DESC"], max_results=50)
+                if r.info.status in ("FINISHED", "FAILED")]
         if not runs:
             raise BdtoolError(f"no finished comparison in experiment '{experiment}'; run bdtool compare first")
         return runs[0].info.run_id
@@ -50,11 +52,14 @@ def find_comparison(client, run_ref: str, experiment: str) -> str:
 @click.option("json_", "--json", is_flag=True, help="Print the summary JSON on stdout and nothing else.")
 def show(run_ref: str, tracking_uri: str | None, experiment: str, output: str | None, json_: bool) -> None:
     """Print a past comparison's table again, from the MLflow store (default: the latest)."""
+    preflight(tracking_uri, output)
+    report_orphans(tracking_uri)
     import mlflow  # heavy: imported on use
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from bdtool.core import tracking
+    from bdtool.core.experiment.output import publish
     from bdtool.core.experiment.report import CLASS_REMOVED_MARK, Summary, format_text_table
     from bdtool.plugins import get_registries
 
@@ -71,7 +76,7 @@ def show(run_ref: str, tracking_uri: str | None, experiment: str, output: str | 
             raise BdtoolError(f"comparison run '{run_id}' has no summary/summary.json (did it finish?)")
         data = json.loads((folder / "summary.json").read_text())
         if output:
-            shutil.copytree(folder, output, dirs_exist_ok=True)
+            publish(folder, output)  # file by file, atomically; folders keep their mode
     if json_:
         emit_json({**data, "parent_run_id": run_id})
         return

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from bdtool.cli.compare import compare_and_report
+from bdtool.cli.compare import compare_and_report, exit_code
 from bdtool.cli.main import emit_json, main, make_env, make_spec
 from bdtool.cli.options import env_options, victim_options
+from bdtool.cli.preflight import preflight
 from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.victim import load_dataset
 
@@ -26,6 +27,7 @@ def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack,
           epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
     """Run a named grid as one comparison per target (bdtool list sweeps: table7, table8, table9,
     table10, figure4 and any a plugin registers)."""
+    preflight(tracking_uri, output)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     grid = env.registries.sweeps.get(preset)
     pool = len(split_test(load_dataset(dataset, env).test.y).pool_indices)
@@ -52,3 +54,6 @@ def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack,
             click.echo(f"{t:<6}  " + "  ".join(f"{c:>18}" for c in cells))
     if json_:
         emit_json({"preset": preset, "comparisons": results})
+    code = exit_code(results)  # the worst over its comparisons (README, "bdtool compare")
+    if code:
+        raise click.exceptions.Exit(code)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import click
 
-from bdtool.cli.main import main
+from bdtool.cli.main import main, report_orphans
 from bdtool.core.tracking import artifact_root_for, resolve_tracking_uri, setup_tracking
 
 
@@ -32,7 +33,7 @@ def server_env() -> dict[str, str]:
 
 
 @main.command()
-@click.option("--port", default=5000, show_default=True, type=int, help="Port on 127.0.0.1.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow store (default sqlite:///mlruns/mlflow.db).")
 @click.option("experiment_name", "--experiment", default="bdtool", show_default=True,
@@ -41,26 +42,39 @@ def ui(port: int, tracking_uri: str | None, experiment_name: str) -> None:
     """Serve the MLflow UI for bdtool's store on 127.0.0.1 until Ctrl-C."""
     uri = resolve_tracking_uri(tracking_uri)
     setup_tracking(uri)
-    # Our own handlers: a process started in the background by a shell inherits SIGINT as
-    # *ignored*, and then Ctrl-C or `kill -INT` would never reach Python as KeyboardInterrupt.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
+    check_port_free(port)
+    report_orphans(uri)
+    # SIGINT, SIGTERM, SIGHUP and SIGQUIT raise KeyboardInterrupt (bdtool.cli.signals, installed
+    # by BdtoolGroup), even when a shell started us in the background with SIGINT ignored; here
+    # they stop the server and end the command normally ("stopped", exit 0).
     # The server gets its own session so that stopping it stops its uvicorn worker too.
     proc = subprocess.Popen(server_command(uri, port), env=server_env(), start_new_session=True)
-    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (server pid {proc.pid}; Ctrl-C to stop)")
-    experiment = _experiment_id(experiment_name)
-    if experiment is not None:
-        # MLflow 3 opens in its GenAI mode unless the URL asks for the model-training views.
-        click.echo(f"runs of experiment '{experiment_name}': "
-                   f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning")
     try:
+        click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (server pid {proc.pid}; Ctrl-C to stop)")
+        experiment = _experiment_id(experiment_name)
+        if experiment is not None:
+            # MLflow 3 opens in its GenAI mode unless the URL asks for the model-training views.
+            click.echo(f"runs of experiment '{experiment_name}': "
+                       f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning")
         code = proc.wait()
     except KeyboardInterrupt:
         stop_server(proc)
         click.echo("stopped")
         return
-    if code != 0:
-        raise click.ClickException(f"the MLflow server exited with code {code}")
+    raise click.ClickException(f"the MLflow server (pid {proc.pid}) exited on its own with code {code}; "
+                               "its output above says why")
+
+
+def check_port_free(port: int) -> None:
+    """Refuse, in one line, a port already taken on 127.0.0.1 (before starting the server, which
+    would otherwise fail after seconds with a traceback of its own)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise click.ClickException(f"port {port} on 127.0.0.1 is not free ({exc.strerror or exc}); "
+                                       "pick another with --port") from None
 
 
 def _experiment_id(name: str) -> str | None:
@@ -72,10 +86,6 @@ def _experiment_id(name: str) -> str | None:
     except Exception:  # noqa: BLE001 - only a convenience link; the server still starts
         return None
     return experiment.experiment_id if experiment is not None else None
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def stop_server(proc: subprocess.Popen, grace: float = 10.0) -> None:

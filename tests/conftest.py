@@ -72,3 +72,20 @@ def installed_example(tmp_path_factory):
     )
     assert list(target.glob("bdtool_clp-*.dist-info/entry_points.txt"))
     return target
+
+
+@pytest.fixture
+def register_defense():
+    """register_defense(cls): put an in-test defense in the registry until the test ends."""
+    from bdtool.plugins import get_registries
+
+    registry = get_registries().defenses
+    added: list[str] = []
+
+    def register(cls):
+        registry.register(cls.name, cls, source="tests")
+        added.append(cls.name)
+
+    yield register
+    for name in added:
+        registry.unregister(name)

@@ -43,21 +43,6 @@ class Exploding(Defense):
 
 
 @pytest.fixture
-def register_defense():
-    """register_defense(cls): put an in-test defense in the registry until the test ends."""
-    registry = get_registries().defenses
-    added: list[str] = []
-
-    def register(cls):
-        registry.register(cls.name, cls, source="tests")
-        added.append(cls.name)
-
-    yield register
-    for name in added:
-        registry.unregister(name)
-
-
-@pytest.fixture
 def test_defenses(register_defense):
     register_defense(ShrinkClassifier)
     register_defense(Exploding)
@@ -88,7 +73,7 @@ def test_comparison_creates_parent_and_nested_runs(store, test_defenses, tmp_pat
     out = tmp_path / "tables"
     result = store.invoke("--defense", "test-shrink", "--defense", "test-shrink:factor=0.5", "--defense", "test-explode",
                     "--samples", "5", "--samples", "10", "--seeds", "2", "--output", str(out))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # some runs failed (README, "bdtool compare")
     client, runs = store.runs()
     by_kind = {}
     for run in runs:
@@ -101,7 +86,8 @@ def test_comparison_creates_parent_and_nested_runs(store, test_defenses, tmp_pat
     assert len(nested) == 3 * 2 * 2
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in nested)
     assert all(r.data.tags["bdtool.victim_run_id"] == victim_run_id for r in nested)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FAILED"  # 4 of its 12 runs failed
+    assert parent.data.tags["bdtool.error"].startswith("4 of 12 runs failed: ")
 
     ok = [r for r in nested if r.data.tags["bdtool.defense"] == "test-shrink"]
     assert len(ok) == 8 and all(r.info.status == "FINISHED" for r in ok)
@@ -231,7 +217,7 @@ def test_sweep_table9_end_to_end(mlflow_store, digits_victim, request):
     grid = get_registries().sweeps.get("table9")
     result = CliRunner().invoke(main, ["sweep", "table9", "--samples", "5", "--seeds", "1", "--no-log-models",
                                        "--device", "cpu", "--tracking-uri", mlflow_store, "--experiment", experiment])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # the alpha=0,beta=0 rows fail
     labels = parsed_labels(grid.rows)
     assert len(labels) == len(grid.rows) == 18
     for label in labels:
@@ -247,7 +233,7 @@ def test_sweep_table9_end_to_end(mlflow_store, digits_victim, request):
     assert len(nested) == len(labels)  # one run per row (one n, one seed)
     assert sorted(r.data.tags["bdtool.row"] for r in nested) == sorted(labels)
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in nested)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FAILED" and "runs failed" in parent.data.tags["bdtool.error"]
     # alpha = beta = 0 makes A constant: those rows fail with the defense's own clear error (and
     # so may others whose A is constant); the default alpha=0, beta=-1 and most of the grid run.
     status = {r.data.tags["bdtool.row"]: r for r in nested}

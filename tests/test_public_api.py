@@ -15,7 +15,6 @@ import bdtool.api as api
 from bdtool.cli import main
 from bdtool.core.experiment.progress import ProgressPrinter
 from bdtool.core.experiment.runner import namespaced
-from bdtool.plugins import get_registries
 
 
 def test_every_public_name_imports_and_is_the_internal_object():
@@ -56,13 +55,9 @@ class LogsMetrics(api.Defense):
 
 
 @pytest.fixture
-def defenses():
-    registry = get_registries().defenses
+def defenses(register_defense):
     for cls in (Explodes, LogsMetrics):
-        registry.register(cls.name, cls, source="tests")
-    yield
-    for cls in (Explodes, LogsMetrics):
-        registry.unregister(cls.name)
+        register_defense(cls)
 
 
 def test_json_with_a_failed_row_is_strict_json_and_plugin_metrics_are_namespaced(defenses, mlflow_store,
@@ -71,7 +66,7 @@ def test_json_with_a_failed_row_is_strict_json_and_plugin_metrics_are_namespaced
                                        "--experiment", "api-json", "--defense", Explodes.name, "--defense",
                                        LogsMetrics.name, "--samples", "5", "--seeds", "1", "--no-log-models",
                                        "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # a row failed: exit 3, JSON still printed
     payload = _strict(result.stdout)
     failed, ok = payload["rows"]
     assert failed["status"] == "failed" and failed["score_mean"] is None and "boom" in failed["errors"][0]

@@ -5,6 +5,7 @@ defense's time (mean ± std over seeds). Rows that removed the target class are 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from bdtool.core.experiment.evaluation import compute_metrics
+from bdtool.core.experiment.output import atomic_target, write_text_atomic
 from bdtool.core.experiment.rows import RowSpec
 
 if TYPE_CHECKING:
@@ -242,17 +244,19 @@ def write_report(summary: Summary, folder: Path) -> dict[str, str]:
     """Write summary.md/.csv/.json and the plots into ``folder``; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": folder / "summary.md", "csv": folder / "summary.csv", "json": folder / "summary.json"}
-    paths["markdown"].write_text(format_markdown(summary))
-    paths["json"].write_text(json.dumps(json_safe(summary.to_dict()), indent=2, default=str, allow_nan=False))
-    with paths["csv"].open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        keys = [c.key for c in summary.columns]
-        writer.writerow(["label", "n", "knowledge", "seeds_ok", "seeds_failed", "class_removed"]
-                        + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
-        for r in [summary.before] + summary.rows:
-            cells = [r.stats.get(k, Stat(float("nan"), float("nan"))) for k in keys]
-            writer.writerow([r.label, "" if r.n is None else r.n, r.knowledge, r.seeds_ok, r.seeds_failed,
-                             r.class_removed] + ["" if math.isnan(v) else v for s in cells for v in (s.mean, s.std)])
+    # Each file is written in full beside its destination, then renamed over it (output.py).
+    write_text_atomic(paths["markdown"], format_markdown(summary))
+    write_text_atomic(paths["json"], json.dumps(json_safe(summary.to_dict()), indent=2, default=str, allow_nan=False))
+    fh = io.StringIO(newline="")
+    writer = csv.writer(fh)
+    keys = [c.key for c in summary.columns]
+    writer.writerow(["label", "n", "knowledge", "seeds_ok", "seeds_failed", "class_removed"]
+                    + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
+    for r in [summary.before] + summary.rows:
+        cells = [r.stats.get(k, Stat(float("nan"), float("nan"))) for k in keys]
+        writer.writerow([r.label, "" if r.n is None else r.n, r.knowledge, r.seeds_ok, r.seeds_failed,
+                         r.class_removed] + ["" if math.isnan(v) else v for s in cells for v in (s.mean, s.std)])
+    write_text_atomic(paths["csv"], fh.getvalue(), newline="")
     paths.update(plot(summary, folder))
     return {k: str(v) for k, v in paths.items()}
 
@@ -284,7 +288,8 @@ def plot(summary: Summary, folder: Path) -> dict[str, Path]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     out["bar_chart"] = folder / "asr_acc_ctca.png"
-    fig.savefig(out["bar_chart"], dpi=120)
+    with atomic_target(out["bar_chart"]) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     ns = sorted({r.n for r in rows if r.n is not None})
     if len(ns) > 1:
@@ -300,6 +305,7 @@ def plot(summary: Summary, folder: Path) -> dict[str, Path]:
         ax.set_title("Score vs n", fontsize=9)
         fig.tight_layout()
         out["score_vs_n"] = folder / "score_vs_n.png"
-        fig.savefig(out["score_vs_n"], dpi=120)
+        with atomic_target(out["score_vs_n"]) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
         plt.close(fig)
     return out

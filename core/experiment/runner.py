@@ -2,13 +2,14 @@
 
 One parent MLflow run per comparison; a nested run per (row, n, seed). Every row runs on a fresh
 copy of the victim with the same D_U for a given (n, seed). A row that raises is marked FAILED
-(its error as a tag) and the comparison goes on; Ctrl-C marks the open runs KILLED and re-raises.
+(its error as a tag) and the comparison goes on; the parent ends FINISHED only when every run
+ran, FAILED otherwise ("2 of 6 runs failed: ..." as its error tag; its summary is logged either
+way). Ctrl-C or a signal marks the open runs KILLED and re-raises.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 import traceback
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.context import defense_context
 from bdtool.core.experiment.evaluation import compute_metrics, evaluate
+from bdtool.core.experiment.output import log_summary_artifacts, publish
 from bdtool.core.experiment.report import Summary, aggregate, format_markdown, row_sizes, write_report
 from bdtool.core.experiment.rows import RowSpec
 from bdtool.core.experiment.splits import split_test
@@ -123,11 +125,16 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
     experiment_id = tracking.ensure_experiment(env.experiment, uri)
     total = sum(len(row_sizes(row, config.samples, victim)) for row in config.rows) * config.seeds
     outcomes: list[RunOutcome] = []
+
+    def record_failure(exc: BaseException) -> None:
+        mlflow.set_tag(tracking.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+
     with tracking.tracked_run(
         experiment_id=experiment_id,
         run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
         tags={tracking.KIND_TAG: "comparison", tracking.VICTIM_RUN_TAG: victim.run_id,
               tracking.VICTIM_HASH_TAG: victim.config_hash, **tracking.standard_tags(env.device)},
+        on_error=record_failure,
     ) as parent:
         tracking.log_params_flat({
             "dataset": config.spec.dataset, "model": config.spec.model, "attack": config.spec.attack,
@@ -153,11 +160,36 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
         summary = aggregate(victim, outcomes, config, metric_classes, shown)
         with tempfile.TemporaryDirectory() as tmp:
             write_report(summary, Path(tmp))
-            mlflow.log_artifacts(tmp, artifact_path="summary")
+            log_summary_artifacts(tmp, "summary")  # an error is one line; the run ends FAILED
             if config.output_dir:
-                shutil.copytree(tmp, config.output_dir, dirs_exist_ok=True)
+                publish(tmp, config.output_dir)
         tracking.store.set_description(format_markdown(summary))
+        reason = failure_reason(outcomes)
+        if reason:  # FINISHED only when every run ran; the summary is logged either way
+            raise tracking.RunFailed(reason)
     return ComparisonResult(victim, config, outcomes, parent.info.run_id, summary)
+
+
+def failed_outcomes(outcomes: list[RunOutcome]) -> list[RunOutcome]:
+    return [o for o in outcomes if o.status != "FINISHED"]
+
+
+def failure_details(outcomes: list[RunOutcome]) -> str:
+    """The distinct errors of the failed runs: "Explode n=5 (2 runs): RuntimeError: ..."."""
+    groups: dict[tuple[str, int, str], int] = {}
+    for o in failed_outcomes(outcomes):
+        key = (o.label, o.n, o.error or "unknown error")
+        groups[key] = groups.get(key, 0) + 1
+    return "; ".join(f"{label} n={n}" + (f" ({k} runs)" if k > 1 else "") + f": {error}"
+                     for (label, n, error), k in groups.items())
+
+
+def failure_reason(outcomes: list[RunOutcome]) -> str | None:
+    """Why the comparison is FAILED ("2 of 6 runs failed: ..."), or None when every run ran."""
+    failed = failed_outcomes(outcomes)
+    if not failed:
+        return None
+    return f"{len(failed)} of {len(outcomes)} runs failed: {failure_details(outcomes)}"
 
 
 def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, experiment_id: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -26,6 +27,8 @@ from bdtool.core.experiment.splits import ExperimentData, prepare_experiment
 from bdtool.core.interfaces import Attack
 from bdtool.core.results import EvalResult
 from bdtool.core.tracking import KIND_TAG, VICTIM_HASH_TAG
+from bdtool.core.tracking.locks import file_lock
+from bdtool.core.tracking.serialization import DamagedModelFileError
 
 VICTIM_RECIPE_VERSION = 1
 """Bump when training code changes in a way that should invalidate cached victims."""
@@ -129,7 +132,8 @@ def config_hash(spec: VictimSpec, attack: Attack, train: TrainConfig, bundle: Da
 
 
 def find_cached_run(digest: str) -> str | None:
-    """A finished victim run with this hash, in any experiment of the store."""
+    """A finished victim run with this hash, in any experiment of the store, not marked damaged
+    (``bdtool.damaged``: its model file was found damaged, see ``get_victim``)."""
     from mlflow.entities import ViewType  # heavy: see core/tracking/store.py
     from mlflow.tracking import MlflowClient
 
@@ -143,17 +147,25 @@ def find_cached_run(digest: str) -> str | None:
         filter_string=(f"tags.`{VICTIM_HASH_TAG}` = '{digest}' and tags.`{KIND_TAG}` = 'victim' "
                        "and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=50,
     )
-    return runs[0].info.run_id if runs else None
+    # MLflow's filter has no "tag is absent": damaged runs are skipped here.
+    return next((r.info.run_id for r in runs if tracking.store.DAMAGED_TAG not in r.data.tags), None)
+
+
+def _notice(env: RunEnv, text: str) -> None:
+    """A line the user should see even with --json (on stderr, which --json leaves free)."""
+    if env.progress.enabled:
+        env.progress.message(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: DataBundle | None = None) -> Victim:
     """Return the cached victim for ``spec`` or train it (and log it as an MLflow run).
 
-    ``bundle`` may pass the already loaded dataset of ``spec.dataset``."""
-    import mlflow  # heavy: imported where a run is logged (core/tracking/store.py)
-
+    ``bundle`` may pass the already loaded dataset of ``spec.dataset``. A cached victim whose
+    model file is damaged is tagged ``bdtool.damaged``, reported in one line and trained again."""
     bundle = bundle if bundle is not None else load_dataset(spec.dataset, env)
     if not 0 <= spec.target < bundle.num_classes:
         raise BdtoolError(f"target class {spec.target} is out of range for {spec.dataset} (0..{bundle.num_classes - 1})")
@@ -166,17 +178,34 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
     train_config = spec.train_config()
     digest = config_hash(spec, attack, train_config, bundle)
     uri = tracking.setup_tracking(env.tracking_uri)
-    experiment_id = tracking.ensure_experiment(env.experiment, uri)
-    model = build_model(env.registries, spec.model, bundle)
+    # Processes needing the same victim train it once: the lock is held from the lookup to the
+    # logged run; a second process waits, then finds the run (docs/architecture.md, "Victims").
+    lock = tracking.store.victim_lock_path(uri, digest)
+    with file_lock(lock, on_wait=lambda: _notice(env, f"waiting for another bdtool process training victim {digest}")):
+        return _get_or_train(spec, env, retrain, bundle, attack, data, train_config, digest, uri)
+
+
+def _get_or_train(spec: VictimSpec, env: RunEnv, retrain: bool, bundle: DataBundle, attack: Attack,
+                  data: ExperimentData, train_config: TrainConfig, digest: str, uri: str) -> Victim:
+    import mlflow  # heavy: imported where a run is logged (core/tracking/store.py)
 
     cached = None if retrain else find_cached_run(digest)
     if cached is not None:
-        model.load_state_dict(tracking.download_state_dict(cached, "model"))
-        model.to(env.device).eval()
-        before = evaluate(model, data.evaluation, attack, bundle.num_classes, env.device)
-        env.progress.message(f"reusing victim {digest} (run {cached}): ACC {before.acc:.3f}, ASR {before.asr:.3f}")
-        return Victim(spec, digest, attack, bundle, data, model, before, cached, True, 0.0, train_config)
+        model = build_model(env.registries, spec.model, bundle)
+        try:
+            model.load_state_dict(tracking.download_state_dict(cached, "model"))
+        except (DamagedModelFileError, RuntimeError) as exc:  # RuntimeError: wrong keys or shapes
+            reason = exc.reason if isinstance(exc, DamagedModelFileError) else \
+                f"model/state_dict.pt does not fit {spec.model} ({str(exc).strip().splitlines()[0][:160]})"
+            tracking.store.mark_damaged(cached, reason)
+            _notice(env, f"cached victim {digest} (run {cached}) is damaged: {reason}; training it again")
+        else:
+            model.to(env.device).eval()
+            before = evaluate(model, data.evaluation, attack, bundle.num_classes, env.device)
+            env.progress.message(f"reusing victim {digest} (run {cached}): ACC {before.acc:.3f}, ASR {before.asr:.3f}")
+            return Victim(spec, digest, attack, bundle, data, model, before, cached, True, 0.0, train_config)
 
+    experiment_id = tracking.ensure_experiment(env.experiment, uri)  # only to log into (a copied store refuses)
     seed_everything(spec.seed)
     model = build_model(env.registries, spec.model, bundle)  # re-created under the seed
     with tracking.tracked_run(experiment_id=experiment_id, run_name=f"victim {spec.dataset}/{spec.model}/{spec.attack}",

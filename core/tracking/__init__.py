@@ -9,12 +9,16 @@ from bdtool.core.tracking.store import (
     DEFAULT_TRACKING_URI,
     DEFENSE_TAG,
     ERROR_TAG,
+    HOST_TAG,
     KIND_TAG,
     KNOWLEDGE_TAG,
     METRIC_ERROR_TAG,
+    ORPHANED_TAG,
+    PID_TAG,
     ROW_TAG,
     VICTIM_HASH_TAG,
     VICTIM_RUN_TAG,
+    RunFailed,
     artifact_root_for,
     download_state_dict,
     ensure_experiment,
@@ -27,9 +31,11 @@ from bdtool.core.tracking.store import (
     standard_tags,
     tracked_run,
 )
+from bdtool.core.tracking.orphans import OrphanReport, mark_orphans
 
 __all__ = [
     "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "KIND_TAG", "KNOWLEDGE_TAG", "METRIC_ERROR_TAG", "DEFENSE_TAG", "ERROR_TAG", "ROW_TAG", "VICTIM_HASH_TAG", "VICTIM_RUN_TAG",
+    "HOST_TAG", "PID_TAG", "ORPHANED_TAG", "RunFailed", "OrphanReport", "mark_orphans",
     "artifact_root_for", "download_state_dict",
     "ensure_experiment", "git_commit", "log_model", "log_params_flat", "pip_requirements",
     "resolve_tracking_uri", "setup_tracking", "standard_tags", "tracked_run",

@@ -3,13 +3,32 @@ unpickle arbitrary objects (docs/architecture.md, "MLflow"): ``torch.load(..., w
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from bdtool.core.errors import UnsafeModelFileError
+from bdtool.core.errors import BdtoolError, UnsafeModelFileError
+
+
+class DamagedModelFileError(BdtoolError):
+    """A logged model file that is missing, differs from the digest recorded when it was logged,
+    or does not load: ``run_id`` and ``reason`` (one line)."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(f"the model file of run {run_id} is damaged: {reason}")
+        self.run_id, self.reason = run_id, reason
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_state_dict(model: nn.Module, path: str | Path) -> Path:
@@ -28,12 +47,17 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise UnsafeModelFileError(f"model file {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError,
+            zipfile.BadZipFile, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsafeModelFileError(
+        error = UnsafeModelFileError(
             f"refusing to load {path}: it is not a plain tensor state dict ({first[:160]}); "
             "bdtool never unpickles model files, save the model with torch.save(model.state_dict())"
-        ) from None
+        )
+        error.reason = f"not a plain tensor state dict: {first[:160]}"  # without the path (a temporary file's)
+        raise error from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UnsafeModelFileError(f"refusing to load {path}: expected a dict of tensors (a state dict)")
+        error = UnsafeModelFileError(f"refusing to load {path}: expected a dict of tensors (a state dict)")
+        error.reason = "not a dict of tensors"
+        raise error
     return state

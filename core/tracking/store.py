@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 import bdtool
-from bdtool.core.tracking.serialization import load_state_dict, save_state_dict
+from bdtool.core.tracking.locks import file_lock
+from bdtool.core.errors import BdtoolError, UnsafeModelFileError
+from bdtool.core.tracking.serialization import DamagedModelFileError, file_sha256, load_state_dict, save_state_dict
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "bdtool"
@@ -67,6 +69,11 @@ def setup_tracking(uri: str | None = None) -> str:
     if db is not None:
         db.expanduser().parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    if db is not None:
+        # Opening a new sqlite store runs MLflow's schema migration; two processes racing it fail
+        # ("duplicate column name"). One process at a time creates or checks it, under a file lock.
+        with file_lock(store_lock_path(uri)):
+            _open_store(uri)
     return uri
 
 
@@ -79,15 +86,20 @@ def artifact_root_for(uri: str) -> str | None:
 
 
 def ensure_experiment(name: str, uri: str) -> str:
+    """The id of experiment ``name`` (created with its artifacts in ``<store folder>/artifacts``),
+    to log new runs in: refuses, in one line, an experiment of a copied or moved store that would
+    still write its artifacts into the old folder (``check_artifact_location``)."""
     import mlflow  # heavy: imported on use (module docstring)
 
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older bdtool or by hand: mark it
-            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        return exp.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_root_for(uri),
-                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    with file_lock(store_lock_path(uri)):  # two processes creating the same experiment at once
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is not None:
+            check_artifact_location(exp, uri)
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older bdtool or by hand: mark it
+                mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            return exp.experiment_id
+        return mlflow.create_experiment(name, artifact_location=artifact_root_for(uri),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def set_description(text: str) -> None:
@@ -120,27 +132,41 @@ def log_dataset_input(data: Any, name: str, context: str, **source: Any) -> None
     mlflow.log_input(dataset, context=context)
 
 
+class RunFailed(Exception):
+    """Raised inside ``tracked_run`` after the run's work is done, to end it FAILED with ``reason``
+    as its ``ERROR_TAG`` (a comparison whose rows failed); ``tracked_run`` swallows it, so the code
+    after the ``with`` block goes on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @contextmanager
 def tracked_run(on_error: Callable[[BaseException], None] | None = None, **start_run_kwargs: Any) -> Iterator[Any]:
     """``mlflow.start_run`` that always ends the run with the right status: FINISHED, FAILED on an
-    exception, KILLED on Ctrl-C; the exception propagates. ``on_error(exc)`` runs inside the run
-    before it is ended FAILED (to tag it with the error). The one way bdtool opens a run."""
+    exception, KILLED on Ctrl-C or a signal (``KeyboardInterrupt``, bdtool.cli.signals); the
+    exception propagates. ``on_error(exc)`` runs inside the run before it is ended FAILED (to tag
+    it with the error). ``raise RunFailed(reason)`` in the block ends it FAILED with ``reason`` as
+    its ``ERROR_TAG`` and is not propagated. The one way bdtool opens a run."""
     import mlflow  # heavy: imported on use (module docstring)
 
     run = mlflow.start_run(**start_run_kwargs)
+    status = "FAILED"
     try:
         yield run
+        status = "FINISHED"
+    except RunFailed as exc:
+        mlflow.set_tag(ERROR_TAG, exc.reason[:5000])
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        status = "KILLED"
         raise
     except BaseException as exc:
-        try:
-            if on_error is not None:
-                on_error(exc)
-        finally:
-            mlflow.end_run("FAILED")
+        if on_error is not None:
+            on_error(exc)
         raise
-    mlflow.end_run("FINISHED")
+    finally:
+        mlflow.end_run(status)
 
 
 def git_commit() -> str | None:
@@ -152,9 +178,18 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+# Where a run's process runs: a RUNNING run whose process is gone is ended KILLED with
+# ORPHANED_TAG by the next bdtool command on that host (core/tracking/orphans.py).
+HOST_TAG = "bdtool.host"
+PID_TAG = "bdtool.pid"
+ORPHANED_TAG = "bdtool.orphaned"
+
+
 def standard_tags(device: torch.device) -> dict[str, str]:
+    import socket
+
     tags = {"bdtool.version": bdtool.__version__, "bdtool.device": str(device),
-            "bdtool.torch": torch.__version__}
+            "bdtool.torch": torch.__version__, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -177,6 +212,8 @@ def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> N
     with tempfile.TemporaryDirectory() as tmp:
         path = save_state_dict(model, Path(tmp) / "state_dict.pt")
         mlflow.log_artifact(str(path), artifact_path=name)
+        # Its digest, checked when it is loaded again (download_state_dict): a damaged cache is found.
+        mlflow.set_tag(state_dict_digest_tag(name), file_sha256(path))
     mlflow.pytorch.log_model(
         model,
         name=f"{name}-mlflow",
@@ -186,11 +223,34 @@ def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> N
 
 
 def download_state_dict(run_id: str, name: str = "model") -> dict[str, torch.Tensor]:
+    """The ``<name>/state_dict.pt`` logged by ``log_model`` in run ``run_id``. A run of a sqlite
+    store is read in place, from the current store's ``artifacts`` folder when the store was copied
+    or moved (``local_artifact_dir``). Raises ``DamagedModelFileError`` (one line naming the run)
+    when the file is missing, differs from the SHA-256 digest recorded when it was logged, or is
+    not a plain tensor state dict."""
     import mlflow  # heavy: imported on use (module docstring)
+    from mlflow.exceptions import MlflowException
 
+    run = mlflow.MlflowClient().get_run(run_id)
+    artifact = f"{name}/state_dict.pt"
+    folder = local_artifact_dir(run.info.artifact_uri, run_id, mlflow.get_tracking_uri())
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{name}/state_dict.pt", dst_path=tmp)
-        return load_state_dict(local)
+        if folder is not None:
+            path = folder / artifact
+            if not path.is_file():
+                raise DamagedModelFileError(run_id, f"{artifact} is missing ({path})")
+        else:
+            try:
+                path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp))
+            except (OSError, MlflowException) as exc:
+                raise DamagedModelFileError(run_id, f"{artifact} could not be downloaded ({_first_line(exc)})") from None
+        expected = run.data.tags.get(state_dict_digest_tag(name))
+        if expected and file_sha256(path) != expected:
+            raise DamagedModelFileError(run_id, f"{artifact} differs from the SHA-256 digest recorded when it was logged")
+        try:
+            return load_state_dict(path)
+        except UnsafeModelFileError as exc:
+            raise DamagedModelFileError(run_id, f"{artifact} does not load ({getattr(exc, 'reason', exc)})") from None
 
 
 def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:
@@ -199,3 +259,117 @@ def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:
     flat = {f"{prefix}{k}": ("" if v is None else str(v))[:6000] for k, v in params.items()}
     if flat:
         mlflow.log_params(flat)
+
+
+# --- Shared, copied and damaged stores (docs/architecture.md, "MLflow") -------------------------
+
+STATE_DICT_DIGEST_TAG = "bdtool.state_dict_sha256"
+"""SHA-256 of a run's ``model/state_dict.pt``, set by ``log_model``."""
+DAMAGED_TAG = "bdtool.damaged"
+"""Set (to the reason) on a victim run whose model file is damaged: the cache no longer finds it."""
+
+
+def state_dict_digest_tag(name: str = "model") -> str:
+    return STATE_DICT_DIGEST_TAG if name == "model" else f"{STATE_DICT_DIGEST_TAG}.{name}"
+
+
+def store_dir(uri: str) -> Path | None:
+    """The folder of a sqlite store (its database and ``artifacts``), resolved; None otherwise."""
+    db = _sqlite_path(uri)
+    return None if db is None else db.expanduser().resolve().parent
+
+
+def store_lock_path(uri: str) -> Path | None:
+    """``<db>.lock``, next to a sqlite store's database: held while the schema is created or
+    checked and while an experiment is looked up or created. None (no lock) for other stores."""
+    db = _sqlite_path(uri)
+    return None if db is None else db.expanduser().resolve().with_name(db.name + ".lock")
+
+
+def victim_lock_path(uri: str, digest: str) -> Path | None:
+    """``<store folder>/locks/victim-<hash>.lock``: held from looking a victim up to logging it,
+    so that processes needing the same victim train it once. None (no lock) for other stores."""
+    here = store_dir(uri)
+    return None if here is None else here / "locks" / f"victim-{digest}.lock"
+
+
+def _open_store(uri: str) -> None:
+    """Create (or check) the store's schema: the first query makes MLflow open the store, which it
+    then keeps for the process."""
+    import mlflow  # heavy: imported on use (module docstring)
+
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def _local_path(file_uri: str) -> Path | None:
+    if file_uri.startswith("file:"):
+        from mlflow.utils.file_utils import local_file_uri_to_path  # heavy: imported on use
+
+        return Path(local_file_uri_to_path(file_uri))
+    if "://" in file_uri:
+        return None
+    return Path(file_uri)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _is_under(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def local_artifact_dir(artifact_uri: str, run_id: str, uri: str) -> Path | None:
+    """The folder of a run's artifacts on this machine, or None when they are not local files
+    (download them through MLflow). For a store that was copied or moved, the run's recorded
+    ``artifact_uri`` points into the old store folder: the same run's folder under the current
+    ``<store folder>/artifacts`` (the path after the ``artifacts`` component before the run id) is
+    used when it exists, or when the old one is gone."""
+    path = _local_path(artifact_uri)
+    here = store_dir(uri)
+    if path is None or here is None or _is_under(path, here):
+        return path
+    parts = path.parts
+    if run_id not in parts:
+        return path
+    i = len(parts) - 1 - parts[::-1].index(run_id)
+    roots = [j for j in range(i) if parts[j] == "artifacts"]
+    if not roots:
+        return path
+    mapped = here.joinpath("artifacts", *parts[roots[-1] + 1:])
+    return mapped if mapped.exists() or not path.exists() else path
+
+
+def check_artifact_location(experiment: Any, uri: str) -> None:
+    """Refuse (one line) to log into an experiment whose artifacts go to another store's folder:
+    bdtool creates every experiment with ``<store folder>/artifacts`` (``artifact_root_for``), an
+    absolute path MLflow cannot change, so a copied or moved store would still write there."""
+    here = store_dir(uri)
+    location = _local_path(experiment.artifact_location or "")
+    if here is None or location is None or location.name != "artifacts" or _same_folder(location.parent, here):
+        return
+    old = location.parent
+    raise BdtoolError(
+        f"this store was copied or moved from {old}: its experiment '{experiment.name}' still writes artifacts "
+        f"to {old}/artifacts; use a new --experiment name here, or use the store in {old}")
+
+
+def mark_damaged(run_id: str, reason: str) -> None:
+    """Tag a victim run whose model file is damaged (``DAMAGED_TAG``): the cache skips it."""
+    import mlflow  # heavy: imported on use (module docstring)
+
+    mlflow.MlflowClient().set_tag(run_id, DAMAGED_TAG, reason[:5000])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

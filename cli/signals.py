@@ -1,0 +1,85 @@
+"""Signals end bdtool's MLflow runs, never leave them RUNNING (docs/architecture.md, "MLflow").
+
+While a command runs, SIGINT, SIGTERM, SIGHUP and SIGQUIT raise ``Interrupted`` (a
+``KeyboardInterrupt``, so ``tracked_run`` ends every open run KILLED on the way out);
+``BdtoolGroup.invoke`` prints one line and exits with 128 + the signal's number (SIGINT 130,
+SIGTERM 143, SIGHUP 129, SIGQUIT 131).
+
+- SIGINT and SIGQUIT are handled even when inherited as *ignored*: a shell starts a background
+  job (``bdtool compare &`` in a script) with both ignored, and ``kill -INT`` must still stop it.
+- SIGHUP and SIGTERM inherited as ignored stay ignored: ``nohup bdtool compare`` asks to survive
+  the terminal closing.
+- Only the first signal raises; later ones are ignored while the runs are being ended (SIGKILL
+  still ends the process, and the next bdtool command marks its runs KILLED: ``orphans``).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+# Handled even when inherited ignored (shells ignore them for background jobs).
+FORCED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGQUIT") if hasattr(signal, name))
+# Handled unless inherited ignored (nohup, a deliberate SIG_IGN).
+RESPECTED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+HANDLED = FORCED + RESPECTED
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was stopped by signal ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_code_of(exc: KeyboardInterrupt) -> int:
+    """128 + N for ``Interrupted``; 130 (SIGINT) for a plain KeyboardInterrupt."""
+    return exc.exit_code if isinstance(exc, Interrupted) else 128 + signal.SIGINT
+
+
+def name_of(exc: KeyboardInterrupt) -> str:
+    return signal_name(exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+
+
+@contextmanager
+def raising_interrupted() -> Iterator[None]:
+    """Install the handlers for the duration of a command; the previous ones come back after it
+    (so an in-process caller, such as click's CliRunner under pytest, keeps its own)."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal would raise
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if fired:  # already unwinding: let the runs be ended
+            return
+        fired = True
+        raise Interrupted(signum)
+
+    previous: dict[int, object] = {}
+    for sig in HANDLED:
+        current = signal.getsignal(sig)
+        if sig in RESPECTED and current is signal.SIG_IGN:
+            continue
+        previous[sig] = current
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
