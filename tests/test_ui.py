@@ -28,6 +28,23 @@ def post(url: str, payload: dict) -> dict:
         return json.loads(response.read())
 
 
+def stop_ui(proc: subprocess.Popen) -> str:
+    """Ctrl-C a ``bdtool ui`` child and return its output; if it does not stop within a minute,
+    kill it and its MLflow server (never leave a server behind, even when the test fails)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        match = re.search(r"server pid (\d+)", output)
+        if match:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(match.group(1)), signal.SIGKILL)
+        raise
+    return output
+
+
 @pytest.mark.slow
 def test_ui_serves_the_runs_of_a_comparison(mlflow_store, digits_victim):
     client = MlflowClient(tracking_uri=mlflow_store)
@@ -54,17 +71,7 @@ def test_ui_serves_the_runs_of_a_comparison(mlflow_store, digits_victim):
         served = {r["info"]["run_id"] for r in runs.get("runs", [])}
         assert expected <= served
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            output, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
-            match = re.search(r"server pid (\d+)", output)
-            if match:  # never leave a server behind, even when the test fails
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(int(match.group(1)), signal.SIGKILL)
-            raise
+        output = stop_ui(proc)
     assert proc.returncode == 0
     assert f"http://127.0.0.1:{port}" in output and "stopped" in output
     runs_link = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"

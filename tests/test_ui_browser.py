@@ -5,7 +5,6 @@ start and each page ~15 s of virtual time."""
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from test_ui import free_port
+from test_ui import free_port, stop_ui
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -103,14 +102,4 @@ def test_a_comparison_reads_well_in_a_real_browser(mlflow_store, digits_victim, 
         assert "Datasets digits D_U n=5 seed=0" in page, page[:3000]  # the evaluation half is behind "+1"
         assert "defense ours , knowledge trigger , n=5, seed=0" in page  # its description
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            output, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
-            match = re.search(r"server pid (\d+)", output)
-            if match:  # never leave a server behind, even when the test fails
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(int(match.group(1)), signal.SIGKILL)
-            raise
+        stop_ui(proc)

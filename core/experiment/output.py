@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bdtool.core.errors import BdtoolError
+from bdtool.core.tracking.checks import write_probe
 
 FILE_MODE = 0o666
 """New files get this mode less the umask (what ``open(path, "w")`` gives)."""
@@ -67,11 +68,8 @@ def prepare_output_dir(path: str | os.PathLike[str], what: str = "--output") -> 
         if blocker is not None:
             raise BdtoolError(f"{what} {folder}: cannot create it, {blocker} is a file, not a folder; {fix}") from None
         raise BdtoolError(f"{what} {folder}: cannot create it ({_reason(exc)}); {fix}") from None
-    probe = folder / f".bdtool-probe-{secrets.token_hex(6)}"
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        os.close(fd)
-        os.unlink(probe)
+        write_probe(folder)
     except OSError as exc:
         raise BdtoolError(f"{what} {folder}: cannot write files there ({_reason(exc)}); "
                           f"make it writable or {fix}") from None

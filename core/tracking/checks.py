@@ -36,6 +36,14 @@ PASSED_THROUGH = ("postgresql", "mysql", "mssql", "databricks", "databricks-uc",
 SUPPORTED = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://, mysql://, mssql://, databricks"
 
 
+def write_probe(folder: Path) -> None:
+    """Create and remove a file in ``folder``: OSError when files cannot be written there (the
+    store check here and ``--output``'s, core/experiment/output.py)."""
+    probe = folder / f".bdtool-probe-{secrets.token_hex(6)}"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.unlink(probe)
+
+
 def _probe_folder(folder: Path, uri: str, what: str) -> None:
     """Create ``folder`` if missing (default mode) and write and remove a file in it."""
     try:
@@ -43,10 +51,8 @@ def _probe_folder(folder: Path, uri: str, what: str) -> None:
     except OSError as exc:
         raise BdtoolError(f"tracking store {uri}: cannot create the {what} {folder} ({exc.strerror or exc}); "
                           "fix its parent's permissions or pass another --tracking-uri") from None
-    probe = folder / f".bdtool-probe-{secrets.token_hex(6)}"
     try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        os.unlink(probe)
+        write_probe(folder)
     except OSError as exc:
         raise BdtoolError(f"tracking store {uri}: the {what} {folder} is not writable ({exc.strerror or exc}); "
                           "make it writable or pass another --tracking-uri") from None

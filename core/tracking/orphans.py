@@ -32,9 +32,7 @@ def process_exists(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    except OSError:
+    except OSError:  # PermissionError: it exists, as another user's; anything else: do not guess
         return True
     return True
 

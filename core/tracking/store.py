@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+import functools
 import logging
 import subprocess
 import tempfile
@@ -79,10 +80,8 @@ def setup_tracking(uri: str | None = None) -> str:
 
 def artifact_root_for(uri: str) -> str | None:
     """``<store folder>/artifacts`` for a sqlite store; the server's default otherwise."""
-    db = _sqlite_path(uri)
-    if db is None:
-        return None
-    return (db.expanduser().resolve().parent / "artifacts").as_uri()
+    here = store_dir(uri)
+    return None if here is None else (here / "artifacts").as_uri()
 
 
 def ensure_experiment(name: str, uri: str) -> str:
@@ -169,7 +168,9 @@ def tracked_run(on_error: Callable[[BaseException], None] | None = None, **start
         mlflow.end_run(status)
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
+    """The commit bdtool runs from (tagged on every run); asked of git once per process."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
