@@ -147,12 +147,18 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
                             "before_ctca": victim.before.ctca, "before_min_class_acc": victim.before.min_class_acc})
         tracking.log_params_flat({"knowledge": " | ".join(f"{r.label}: {r.knowledge_label}" for r in config.rows),
                                   "metrics": "+".join(config.metrics) or "all"})
+        # The evaluation half is the same for every run: its dataset input (a digest of all its
+        # images) is built once and logged in each run.
+        evaluation_input = tracking.store.dataset_input(
+            victim.data.evaluation, f"{config.spec.dataset} evaluation", dataset=config.spec.dataset,
+            split="test (evaluation half)", n=len(victim.data.evaluation))
         done = 0
         for row in config.rows:
             for n in row_sizes(row, config.samples, victim):
                 for seed in range(config.seeds):
                     env.progress(f"compare ({row.label}, n={n}, seed={seed})", done, total)
-                    outcomes.append(_run_one(row, n, seed, victim, env, experiment_id, config.log_models))
+                    outcomes.append(_run_one(row, n, seed, victim, env, experiment_id, config.log_models,
+                                             evaluation_input))
                     done += 1
         env.progress("compare", total, total)
         metric_classes = [e.obj for e in sorted(env.registries.metrics, key=lambda e: (e.obj.column_order, e.name))]
@@ -193,7 +199,7 @@ def failure_reason(outcomes: list[RunOutcome]) -> str | None:
 
 
 def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, experiment_id: str,
-             log_models: bool) -> RunOutcome:
+             log_models: bool, evaluation_input: Any) -> RunOutcome:
     import mlflow  # heavy: see core/tracking/store.py
 
     outcome = RunOutcome(label=row.label, defense=row.defense_name, n=n, seed=seed, knowledge=row.knowledge_label,
@@ -215,7 +221,7 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
             on_error=record_failure,
         ) as run:
             outcome.run_id = run.info.run_id
-            _defend_and_evaluate(row, n, seed, victim, env, log_models, outcome)
+            _defend_and_evaluate(row, n, seed, victim, env, log_models, outcome, evaluation_input)
     except KeyboardInterrupt:
         raise
     except Exception:  # noqa: BLE001 - a failed defense must not sink the comparison
@@ -226,7 +232,7 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
 
 
 def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, log_models: bool,
-                         outcome: RunOutcome) -> None:
+                         outcome: RunOutcome, evaluation_input: Any) -> None:
     """Inside the run of (row, n, seed): defend, repair, evaluate, log; fills ``outcome``."""
     import mlflow  # heavy: see core/tracking/store.py
 
@@ -251,7 +257,7 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
                           progress=lambda label, d, t: progress(f"  {row.label}: {label}", d, t),
                           log_metric=log_metric)
     data = victim.data
-    _log_run_inputs(ctx, data, spec.dataset, n, seed)
+    _log_run_inputs(ctx, evaluation_input, spec.dataset, n, seed)
     seed_everything(seed)
     with timed(env.device) as watch:
         model = defense.defend(victim.model, ctx)
@@ -292,14 +298,15 @@ def _defense_description(row: RowSpec, n: int, seed: int, params: dict[str, Any]
     return "\n".join(lines) + "\n"
 
 
-def _log_run_inputs(ctx: Any, data: Any, dataset: str, n: int, seed: int) -> None:
+def _log_run_inputs(ctx: Any, evaluation_input: Any, dataset: str, n: int, seed: int) -> None:
     """The data of a defense run as MLflow dataset inputs: what the defense trained on (D_U, or the
     clean training set for a retraining defense) and the evaluation half it was scored on."""
+    import mlflow  # heavy: see core/tracking/store.py
+
     if len(ctx.unlearn):
         tracking.store.log_dataset_input(ctx.unlearn, f"{dataset} D_U n={n} seed={seed}", "training",
                                          dataset=dataset, split="unseen pool (D_U)", n=len(ctx.unlearn), seed=seed)
     if ctx.train is not None:
         tracking.store.log_dataset_input(ctx.train, f"{dataset} clean train", "training", dataset=dataset,
                                          split="train minus poisoned", n=len(ctx.train))
-    tracking.store.log_dataset_input(data.evaluation, f"{dataset} evaluation", "evaluation", dataset=dataset,
-                                     split="test (evaluation half)", n=len(data.evaluation))
+    mlflow.log_input(evaluation_input, context="evaluation")

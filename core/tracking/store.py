@@ -109,12 +109,20 @@ def set_description(text: str) -> None:
 
 
 def log_dataset_input(data: Any, name: str, context: str, **source: Any) -> None:
-    """Log ``data`` (a ``LabeledTensors``) as an MLflow dataset input of the active run: name,
-    a digest of its labels and of its images' bytes, their shapes as the schema, and ``source``
-    (data set, split, n, seed, ...) as the source's tags. The images themselves are not logged."""
+    """Log ``data`` (a ``LabeledTensors``) as an MLflow dataset input of the active run
+    (``dataset_input``)."""
+    import mlflow  # heavy: imported on use (module docstring)
+
+    mlflow.log_input(dataset_input(data, name, **source), context=context)
+
+
+def dataset_input(data: Any, name: str, **source: Any) -> Any:
+    """``data`` (a ``LabeledTensors``) as an MLflow dataset: name, a digest of its labels and of
+    its images' bytes, their shapes as the schema, and ``source`` (data set, split, n, seed, ...)
+    as the source's tags. The images themselves are not logged. Build it once for data that many
+    runs share (the evaluation half) and ``mlflow.log_input`` it in each."""
     import hashlib
 
-    import mlflow  # heavy: imported on use (module docstring)
     import numpy as np
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
@@ -127,8 +135,7 @@ def log_dataset_input(data: Any, name: str, context: str, **source: Any) -> None
     schema = Schema([TensorSpec(np.dtype(str(x.dtype).removeprefix("torch.")), (-1, *x.shape[1:]), "image"),
                      TensorSpec(np.dtype(str(y.dtype).removeprefix("torch.")), (-1,), "label")])
     tags = {k: str(v) for k, v in source.items()}
-    dataset = MetaDataset(CodeDatasetSource(tags=tags), name=name, digest=digest.hexdigest()[:8], schema=schema)
-    mlflow.log_input(dataset, context=context)
+    return MetaDataset(CodeDatasetSource(tags=tags), name=name, digest=digest.hexdigest()[:8], schema=schema)
 
 
 class RunFailed(Exception):
