@@ -15,6 +15,7 @@ import click
 import bdtool
 from bdtool.cli.options import env_options, parse_key_values, victim_options
 from bdtool.cli.preflight import preflight
+from bdtool.core import interrupts
 from bdtool.core.compute.device import resolve_device
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.progress import ProgressPrinter
@@ -49,7 +50,9 @@ class BdtoolGroup(click.Group):
 
         with raising_interrupted():
             try:
-                return super().invoke(ctx)
+                result = super().invoke(ctx)
+                interrupts.check()  # a signal whose raise was swallowed after the last run still counts
+                return result
             except BdtoolError as exc:
                 raise click.ClickException(str(exc)) from None
             except KeyboardInterrupt as exc:  # tracked_run has ended the open runs KILLED

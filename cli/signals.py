@@ -11,6 +11,10 @@ SIGTERM 143, SIGHUP 129, SIGQUIT 131).
   the terminal closing.
 - Only the first signal raises; later ones are ignored while the runs are being ended (SIGKILL
   still ends the process, and the next bdtool command marks its runs KILLED: ``orphans``).
+- The signal is also recorded (``bdtool.core.interrupts``): if the first raise lands in a
+  finalizer, which Python swallows, or in library code that turns it into another error, the next
+  run boundary or progress report raises it again, and an error raised meanwhile ends its run
+  KILLED, not FAILED.
 """
 
 from __future__ import annotations
@@ -20,30 +24,15 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from bdtool.core.interrupts import Interrupted, request, reset, signal_name
+
+__all__ = ["Interrupted", "exit_code_of", "name_of", "raising_interrupted", "signal_name"]
+
 # Handled even when inherited ignored (shells ignore them for background jobs).
 FORCED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGQUIT") if hasattr(signal, name))
 # Handled unless inherited ignored (nohup, a deliberate SIG_IGN).
 RESPECTED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 HANDLED = FORCED + RESPECTED
-
-
-class Interrupted(KeyboardInterrupt):
-    """The command was stopped by signal ``signum``."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal_name(signum))
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def exit_code_of(exc: KeyboardInterrupt) -> int:
@@ -66,6 +55,7 @@ def raising_interrupted() -> Iterator[None]:
 
     def handler(signum: int, frame: object) -> None:
         nonlocal fired
+        request(signum)  # recorded first: a raise swallowed on its way is raised again (core/interrupts.py)
         if fired:  # already unwinding: let the runs be ended
             return
         fired = True
@@ -78,8 +68,10 @@ def raising_interrupted() -> Iterator[None]:
             continue
         previous[sig] = current
         signal.signal(sig, handler)
+    reset()
     try:
         yield
     finally:
+        reset()
         for sig, old in previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)

@@ -12,6 +12,7 @@ import sys
 import click
 
 from bdtool.cli.main import main, report_orphans
+from bdtool.core import interrupts
 from bdtool.core.tracking import artifact_root_for, resolve_tracking_uri, setup_tracking
 
 
@@ -59,6 +60,7 @@ def ui(port: int, tracking_uri: str | None, experiment_name: str) -> None:
         code = proc.wait()
     except KeyboardInterrupt:
         stop_server(proc)
+        interrupts.reset()  # the stop is handled here: the command ends normally
         click.echo("stopped")
         return
     raise click.ClickException(f"the MLflow server (pid {proc.pid}) exited on its own with code {code}; "

@@ -27,7 +27,7 @@ PACKAGE_DIRS = {  # folder -> module prefix (pyproject's [tool.setuptools.packag
 EXCLUDED = (ROOT / "plugins" / "examples",)  # third-party examples, not part of the package
 
 CONTRACTS = {f"bdtool.core.{name}" for name in
-             ("interfaces", "errors", "params", "registry", "tensors", "data", "results")}
+             ("interfaces", "errors", "params", "registry", "tensors", "data", "results", "interrupts")}
 CONTRACTS.add("bdtool.core")  # the package's __init__ (a docstring only)
 
 

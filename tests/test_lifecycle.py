@@ -310,3 +310,59 @@ def test_ui_server_that_exits_early_is_one_line(mlflow_store, monkeypatch):
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("Error: the MLflow server (pid ") and "exited on its own with code 3" in line
+
+
+class _SignalInFinalizer:
+    """Delivers ``signum`` to this process while Python runs a finalizer, where the handler's
+    ``Interrupted`` is printed as "Exception ignored in ..." and swallowed (as it was in CI, in
+    SQLAlchemy's connection-pool callbacks)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), self.signum)
+        time.sleep(0.2)  # the handler runs here, inside the finalizer
+
+
+class SwallowedSignal(Defense):
+    """Its first run gets a signal whose raise is swallowed, then fails as a store call on the
+    half-used connection would: that run is KILLED, not a failed defense."""
+    name = "test-life-swallowed"
+    label = "Swallowed"
+    first_run_status = "KILLED"
+
+    def apply(self, model, ctx):
+        _SignalInFinalizer(signal.SIGTERM)  # collected at once: __del__ runs now
+        raise RuntimeError("the store's connection was left half-used")
+
+
+class SwallowedThenWorks(Defense):
+    """The signal's raise is swallowed and the defense goes on as if nothing happened: its run,
+    whose work was all done and logged, is FINISHED; the comparison stops after it."""
+    name = "test-life-swallowed-ok"
+    label = "SwallowedOk"
+    first_run_status = "FINISHED"
+
+    def apply(self, model, ctx):
+        _SignalInFinalizer(signal.SIGTERM)
+        return model
+
+
+@pytest.mark.parametrize("cls", [SwallowedSignal, SwallowedThenWorks], ids=lambda c: c.label)
+def test_a_swallowed_signal_still_stops_the_comparison(mlflow_store, digits_victim, register_defense, request, cls):
+    """The stop is recorded as well as raised (core/interrupts.py): an error raised while it is
+    pending ends the run KILLED, not as a failed defense, and the next run never starts."""
+    register_defense(cls)
+    experiment = experiment_name(request)
+    result = compare(mlflow_store, experiment, "--defense", cls.name, "--seeds", "3")
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert result.stderr.strip().splitlines()[-1] == INTERRUPTED.format("SIGTERM")
+    assert "failed" not in result.stderr
+    runs = runs_of(mlflow_store, experiment)
+    defense_runs = [r for r in runs if r.data.tags.get("bdtool.kind") == "defense"]
+    assert [r.info.status for r in defense_runs] == [cls.first_run_status]  # seeds 1 and 2 never started
+    assert parent_of(mlflow_store, experiment).info.status == "KILLED"
+    from bdtool.core import interrupts
+
+    assert interrupts.pending() is None  # cleared when the command's handlers are removed

@@ -12,6 +12,7 @@ from typing import Callable, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from bdtool.core import interrupts
 from bdtool.core.interfaces import MetricLogFn, ProgressFn, _no_progress
 from bdtool.core.tensors import LabeledTensors
 
@@ -166,6 +167,7 @@ def train_loop(
         sums: dict[str, float] = {}
         count = 0
         for xb, yb in data.batches(config.batch_size, shuffle=True, generator=gen, min_last=2):
+            interrupts.check()  # a signal whose raise was swallowed stops the loop here (core/interrupts.py)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             model.train()
             if before_step is not None:

@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from bdtool.core import interrupts
+
 
 class ProgressPrinter:
     """A ``progress(label, done, total)`` callable. On a TTY it redraws one line; otherwise it
@@ -26,6 +28,7 @@ class ProgressPrinter:
         self._open_line = False
 
     def __call__(self, label: str, done: int, total: int) -> None:
+        interrupts.check()  # every progress report is a point where a pending stop is raised again
         if not self.enabled:
             return
         now = time.monotonic()

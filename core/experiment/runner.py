@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bdtool.core import tracking
+from bdtool.core import interrupts, tracking
 from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.context import defense_context
@@ -224,7 +224,10 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
             _defend_and_evaluate(row, n, seed, victim, env, log_models, outcome, evaluation_input)
     except KeyboardInterrupt:
         raise
-    except Exception:  # noqa: BLE001 - a failed defense must not sink the comparison
+    except Exception as exc:  # noqa: BLE001 - a failed defense must not sink the comparison
+        stop = interrupts.as_interrupt(exc)
+        if stop is not exc:  # raised while a signal asked to stop: the stop, not a failed defense
+            raise stop from exc
         env.progress.message(f"  {row.label} n={n} seed={seed} failed: {outcome.error}")
         return outcome
     outcome.status = "FINISHED"

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import bdtool
+from bdtool.core import interrupts
 from bdtool.core.tracking.locks import file_lock
 from bdtool.core.errors import BdtoolError, UnsafeModelFileError
 from bdtool.core.tracking.serialization import DamagedModelFileError, file_sha256, load_state_dict, save_state_dict
@@ -157,7 +158,11 @@ def tracked_run(on_error: Callable[[BaseException], None] | None = None, **start
     its ``ERROR_TAG`` and is not propagated. The one way bdtool opens a run."""
     import mlflow  # heavy: imported on use (module docstring)
 
-    run = mlflow.start_run(**start_run_kwargs)
+    interrupts.check()
+    try:
+        run = mlflow.start_run(**start_run_kwargs)
+    except Exception as exc:  # a signal's raise swallowed on the way leaves the store's connection half-used
+        raise interrupts.as_interrupt(exc) from exc
     status = "FAILED"
     try:
         yield run
@@ -168,11 +173,31 @@ def tracked_run(on_error: Callable[[BaseException], None] | None = None, **start
         status = "KILLED"
         raise
     except BaseException as exc:
+        stop = interrupts.as_interrupt(exc)
+        if stop is not exc:  # an error while a stop was pending: the stop, not a failed run
+            status = "KILLED"
+            raise stop from exc
         if on_error is not None:
             on_error(exc)
         raise
     finally:
+        _end_run(run.info.run_id, status)
+
+
+def _end_run(run_id: str, status: str) -> None:
+    """``mlflow.end_run(status)``; after a stop, a second try on a fresh client if the first
+    fails (the interrupted connection), so that the stop is not replaced by the store's error."""
+    import mlflow  # heavy: imported on use (module docstring)
+
+    try:
         mlflow.end_run(status)
+    except Exception:
+        if status != "KILLED":
+            raise
+        try:  # end_run pops the active run before it writes the status: only the write is left
+            mlflow.MlflowClient().set_terminated(run_id, status)
+        except Exception:  # noqa: BLE001 - the store is gone: the next command marks it (orphans)
+            pass
 
 
 @functools.lru_cache(maxsize=1)
