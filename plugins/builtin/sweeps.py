@@ -36,7 +36,14 @@ TABLE7_ROWS = ["suppress-target", "actft", "baeraser", "ours", "ours:repair=0.01
 reconstruction draws their D_U from the target class, so they know the target label, and the
 label says so (docs/method.md, "Threat model")."""
 
+CLASS_PRESERVING_ROWS = ["suppress-target", "ours", "ours-proj", "ours-proj:rank=0,energy=0.9", "actft", "nad"]
+"""The class-preserving edit beside the classifier edit, actFT, NAD and the null reference row
+(docs/method.md, "Class-preserving edit"); run once per data set and attack (``--dataset``,
+``--attack``)."""
+
 SWEEPS: tuple[Sweep, ...] = (
+    Sweep("class-preserving", "ours-proj (class-preserving edit) beside ours, actFT, NAD and the null row, n = 50",
+          CLASS_PRESERVING_ROWS, [50]),
     Sweep("table7", "Table 7: every method at n = 5, 50, 500, 5000 (sizes above the pool are dropped)",
           TABLE7_ROWS, [5, 50, 500, 5000]),
     Sweep("table8", "Table 8: repair learning rate η, with the trigger and with the target label only", _table8_rows(), [500]),
