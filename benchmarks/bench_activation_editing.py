@@ -10,7 +10,9 @@ For n in 5, 50, 500, 5000 it times, interleaved and repeated (median reported):
     ``apply`` alone;
   - ours ¬BDK with nobdk_source=target (n ≤ the pool's target-class count), whose D_U is drawn by
     the defense itself; its reference pass is over those same target-class images.
-Targets (docs/method.md, "Benchmark"): ratio ≤ 1.5 without BDK, about 2 passes with BDK.
+  - ours-proj (the class-preserving edit, trigger known), timed around ``defend`` and ``apply``.
+Targets (docs/method.md, "Benchmark"): ratio ≤ 1.5 without BDK, about 2 passes with BDK; ours-proj
+≤ 3 passes (issue: "Class-preserving edit").
 Results: benchmarks/results/bench_activation_editing_<dataset>.{md,json}.
 """
 
@@ -34,6 +36,7 @@ import torch  # noqa: E402
 from bdtool.core.experiment.context import defense_context  # noqa: E402
 from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim  # noqa: E402
 from bdtool.defenses.activation_editing import ActivationEditing  # noqa: E402
+from bdtool.defenses.activation_subspace import SubspaceEditing  # noqa: E402
 from bdtool.plugins import get_registries  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -91,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         bdk = ActivationEditing()
         variants["ours ¬BDK (all)"] = lambda: nobdk.defend(victim.model, ctx(False))
         variants["ours BDK"] = lambda: bdk.defend(victim.model, ctx(True))
+        proj = SubspaceEditing()  # the class-preserving edit: two passes (clean and stamped) and an SVD
+        variants["ours-proj BDK"] = lambda: proj.defend(victim.model, ctx(True))
+        proj_work = [copy.deepcopy(victim.model) for _ in range(args.repeats + 1)]
+        variants["ours-proj BDK, apply only"] = lambda: proj.apply(proj_work.pop(), ctx(True))
         work = [copy.deepcopy(victim.model) for _ in range(args.repeats + 1)]
         variants["ours ¬BDK (all), apply only"] = lambda: nobdk.apply(work.pop(), ctx(False))
         if n <= target_pool:
