@@ -24,7 +24,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from bdtool.core.interrupts import Interrupted, request, reset, signal_name
+from bdtool.core.interrupts import Interrupted, pending, request, reset, signal_name
 
 __all__ = ["Interrupted", "exit_code_of", "name_of", "raising_interrupted", "signal_name"]
 
@@ -51,14 +51,11 @@ def raising_interrupted() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signal.signal would raise
         yield
         return
-    fired = False
-
     def handler(signum: int, frame: object) -> None:
-        nonlocal fired
+        already = pending() is not None  # reset below when the handlers are installed
         request(signum)  # recorded first: a raise swallowed on its way is raised again (core/interrupts.py)
-        if fired:  # already unwinding: let the runs be ended
+        if already:  # already unwinding: let the runs be ended
             return
-        fired = True
         raise Interrupted(signum)
 
     previous: dict[int, object] = {}

@@ -14,7 +14,7 @@ after a stop ask for it again:
 
 - ``check()`` raises ``Interrupted`` when a stop is pending: called before each (row, n, seed) run
   and at every progress report (each epoch of the training loop);
-- ``as_interrupt(exc)`` turns an exception raised while a stop was pending into ``Interrupted``
+- ``raise_if_pending(exc)`` turns an exception raised while a stop was pending into ``Interrupted``
   (``tracked_run`` ends that run KILLED, not FAILED, and the comparison stops).
 
 The state is per process and cleared by ``reset()`` when the handlers are removed.
@@ -70,10 +70,8 @@ def check() -> None:
         raise Interrupted(_pending)
 
 
-def as_interrupt(exc: BaseException) -> BaseException:
-    """``exc`` itself, or ``Interrupted`` (chained to it) when it was raised while a stop was pending."""
-    if _pending is None or isinstance(exc, KeyboardInterrupt):
-        return exc
-    interrupted = Interrupted(_pending)
-    interrupted.__cause__ = exc
-    return interrupted
+def raise_if_pending(exc: BaseException) -> None:
+    """Raise ``Interrupted`` (chained to ``exc``) when ``exc`` was raised while a stop was
+    pending; return otherwise, for the caller to handle ``exc`` as it would."""
+    if _pending is not None and not isinstance(exc, KeyboardInterrupt):
+        raise Interrupted(_pending) from exc

@@ -225,9 +225,7 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a failed defense must not sink the comparison
-        stop = interrupts.as_interrupt(exc)
-        if stop is not exc:  # raised while a signal asked to stop: the stop, not a failed defense
-            raise stop from exc
+        interrupts.raise_if_pending(exc)  # raised while a signal asked to stop: the stop, not a failed defense
         env.progress.message(f"  {row.label} n={n} seed={seed} failed: {outcome.error}")
         return outcome
     outcome.status = "FINISHED"

@@ -162,7 +162,8 @@ def tracked_run(on_error: Callable[[BaseException], None] | None = None, **start
     try:
         run = mlflow.start_run(**start_run_kwargs)
     except Exception as exc:  # a signal's raise swallowed on the way leaves the store's connection half-used
-        raise interrupts.as_interrupt(exc) from exc
+        interrupts.raise_if_pending(exc)
+        raise
     status = "FAILED"
     try:
         yield run
@@ -173,10 +174,9 @@ def tracked_run(on_error: Callable[[BaseException], None] | None = None, **start
         status = "KILLED"
         raise
     except BaseException as exc:
-        stop = interrupts.as_interrupt(exc)
-        if stop is not exc:  # an error while a stop was pending: the stop, not a failed run
+        if interrupts.pending() is not None:  # an error while a stop was pending: the stop, not a failed run
             status = "KILLED"
-            raise stop from exc
+            interrupts.raise_if_pending(exc)
         if on_error is not None:
             on_error(exc)
         raise
