@@ -7,7 +7,8 @@ from typing import Any
 import click
 
 from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
-from bdtool.cli.options import env_options, victim_options
+from bdtool.cli.executors import make_executor
+from bdtool.cli.options import env_options, executor_options, victim_options
 from bdtool.cli.preflight import preflight
 
 
@@ -26,7 +27,8 @@ def exit_code(payloads: list[dict[str, Any]]) -> int:
 
 
 def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowledge: str, spec, env, output: str | None,
-                       json_: bool, log_models: bool, metrics: list[str] | None = None) -> dict[str, Any]:
+                       json_: bool, log_models: bool, metrics: list[str] | None = None, executor: Any = None,
+                       resume: str | None = None) -> dict[str, Any]:
     """Validate the rows, run the comparison, print the table (or nothing with --json), write
     ``--output`` files, and return the summary as a dict (with ``parent_run_id``, ``status``,
     ``runs_total`` and ``runs_failed``); failed runs are said in one line on stderr."""
@@ -44,13 +46,14 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     registries.models.get(spec.model)
     registries.attacks.get(spec.attack)
     config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models,
-                           output_dir=output, metrics=list(metrics or []))
+                           output_dir=output, metrics=list(metrics or []), resume=resume)
     report_orphans(env.tracking_uri)
     # Ctrl-C or a signal: the runs are ended KILLED and BdtoolGroup exits 128 + N, reporting nothing.
-    result = run_comparison(config, env)
+    result = run_comparison(config, env, executor)
     summary = result.summary
     payload = summary.to_dict()
     payload["parent_run_id"] = result.parent_run_id
+    payload["runs_resumed"] = result.resumed
     failed = failed_outcomes(result.outcomes)
     payload.update(status="FAILED" if failed else "FINISHED", runs_total=len(result.outcomes), runs_failed=len(failed))
 
@@ -72,6 +75,9 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     for r in summary.rows:
         if r.seeds_failed:
             click.echo(f"{r.label} n={r.n}: {r.seeds_failed} run(s) failed: {'; '.join(r.errors)}", err=True)
+    if result.resumed:
+        click.echo(f"resumed: {result.resumed} of {len(result.outcomes)} runs taken FINISHED from the store, "
+                   f"{len(result.outcomes) - result.resumed} run now")
     click.echo(f"MLflow parent run {result.parent_run_id} (bdtool ui to browse)"
                + (f"; tables written to {output}" if output else ""))
     say_failures()
@@ -95,10 +101,15 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Also write the table as Markdown, CSV and JSON (and plots) into this folder.")
 @click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow (faster).")
+@click.option("--resume", default=None, metavar="PARENT_RUN_ID|auto",
+              help="Continue that comparison (auto: the newest one with the same victim, rows, --samples and "
+                   "--seeds): its FINISHED runs are kept, only the others run.")
 @victim_options
 @env_options
-def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, dataset, model, attack, target, poison_rate,
-            victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
+@executor_options
+def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, resume, dataset, model, attack, target,
+            poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_, executor,
+            ray_address, gpus_per_task, cpus_per_task) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow."""
     preflight(tracking_uri, output)
     from bdtool.core.experiment.rows import default_rows_under
@@ -112,8 +123,12 @@ def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models,
         for text, reason in skipped:
             if not json_:
                 click.echo(f"default row '{text}' left out under --knowledge {knowledge}: {reason}", err=True)
-    payload = compare_and_report(texts, list(samples) or [50], seeds, knowledge, spec, env, output, json_,
-                                 not no_log_models, list(metrics))
+    runner = make_executor(executor, ray_address, gpus_per_task, cpus_per_task)
+    try:
+        payload = compare_and_report(texts, list(samples) or [50], seeds, knowledge, spec, env, output, json_,
+                                     not no_log_models, list(metrics), runner, resume)
+    finally:
+        runner.close()
     if json_:
         emit_json(payload)
     code = exit_code([payload])

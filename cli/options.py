@@ -52,3 +52,15 @@ env_options = _stack(
     click.option("--experiment", default="bdtool", show_default=True, help="MLflow experiment name."),
     click.option("json_", "--json", is_flag=True, help="Print machine-readable JSON on stdout and nothing else."),
 )
+
+executor_options = _stack(
+    click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 help="local: every run here, one after another; ray: each (row, n, seed) as a Ray task "
+                      "(docs/scale-out.md; pip install 'bdtool[ray]')."),
+    click.option("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
+                 help="The Ray cluster to join (default: start a local instance with this machine's cores)."),
+    click.option("--gpus-per-task", default=1.0, show_default=True, type=float,
+                 help="GPUs a Ray task asks for on CUDA; fractions pack several tasks onto one GPU."),
+    click.option("--cpus-per-task", default=1.0, show_default=True, type=float,
+                 help="CPU cores a Ray task asks for (torch uses that many threads in it)."),
+)

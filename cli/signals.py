@@ -35,13 +35,22 @@ RESPECTED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if has
 HANDLED = FORCED + RESPECTED
 
 
+def signum_of(exc: KeyboardInterrupt) -> int:
+    """The signal behind ``exc``: an ``Interrupted``'s; for a plain KeyboardInterrupt the signal
+    recorded as pending (a library, such as Ray's ``wait``, may turn our raise into a plain one),
+    else SIGINT (Ctrl-C)."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    return pending() or signal.SIGINT
+
+
 def exit_code_of(exc: KeyboardInterrupt) -> int:
-    """128 + N for ``Interrupted``; 130 (SIGINT) for a plain KeyboardInterrupt."""
-    return exc.exit_code if isinstance(exc, Interrupted) else 128 + signal.SIGINT
+    """128 + N (130 for Ctrl-C)."""
+    return 128 + signum_of(exc)
 
 
 def name_of(exc: KeyboardInterrupt) -> str:
-    return signal_name(exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+    return signal_name(signum_of(exc))
 
 
 @contextmanager

@@ -8,7 +8,8 @@ import click
 
 from bdtool.cli.compare import compare_and_report, exit_code
 from bdtool.cli.main import emit_json, main, make_env, make_spec
-from bdtool.cli.options import env_options, victim_options
+from bdtool.cli.executors import make_executor
+from bdtool.cli.options import env_options, executor_options, victim_options
 from bdtool.cli.preflight import preflight
 from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.victim import load_dataset
@@ -21,10 +22,15 @@ from bdtool.core.experiment.victim import load_dataset
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Write each comparison's tables into this folder (one subfolder per target).")
 @click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow.")
+@click.option("--resume", is_flag=True,
+              help="Continue each comparison from the newest one with the same options in the store (a killed "
+                   "sweep loses only the runs in flight).")
 @victim_options
 @env_options
-def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack, target, poison_rate, victim_seed,
-          epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
+@executor_options
+def sweep(preset, samples, seeds, output, no_log_models, resume, dataset, model, attack, target, poison_rate,
+          victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_, executor, ray_address,
+          gpus_per_task, cpus_per_task) -> None:
     """Run a named grid as one comparison per target (bdtool list sweeps: table7, table8, table9,
     table10, figure4 and any a plugin registers)."""
     preflight(tracking_uri, output)
@@ -40,10 +46,15 @@ def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack,
     if not json_:
         click.echo(f"{grid.description}: {len(grid.rows)} rows × n {sizes} × {seeds} seed(s) × target(s) {targets}")
     results = []
-    for t in targets:
-        spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs)
-        out = str(Path(output) / f"target{t}") if output and len(targets) > 1 else output
-        results.append(compare_and_report(grid.rows, sizes, seeds, "trigger", spec, env, out, json_, not no_log_models))
+    runner = make_executor(executor, ray_address, gpus_per_task, cpus_per_task)
+    try:
+        for t in targets:
+            spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs)
+            out = str(Path(output) / f"target{t}") if output and len(targets) > 1 else output
+            results.append(compare_and_report(grid.rows, sizes, seeds, "trigger", spec, env, out, json_,
+                                              not no_log_models, executor=runner, resume="auto" if resume else None))
+    finally:
+        runner.close()
     if len(targets) > 1 and not json_:
         click.echo("\nScore per target class (mean ± std over seeds)")
         labels = [r["label"] for r in results[0]["rows"]]

@@ -4,30 +4,30 @@ One parent MLflow run per comparison; a nested run per (row, n, seed). Every row
 copy of the victim with the same D_U for a given (n, seed). A row that raises is marked FAILED
 (its error as a tag) and the comparison goes on; the parent ends FINISHED only when every run
 ran, FAILED otherwise ("2 of 6 runs failed: ..." as its error tag; its summary is logged either
-way). Ctrl-C or a signal marks the open runs KILLED and re-raises.
+way). Ctrl-C or a signal marks the open runs KILLED and re-raises. The runs themselves are
+``tasks.run_task``, run by an executor (core/experiment/executor.py: here, or on Ray); a resumed
+comparison (core/experiment/resume.py) runs only the tasks it does not have FINISHED.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from bdtool.core import interrupts, tracking
-from bdtool.core.compute.device import seed_everything, timed
+from bdtool.core import tracking
 from bdtool.core.errors import BdtoolError
-from bdtool.core.experiment.context import defense_context
-from bdtool.core.experiment.evaluation import compute_metrics, evaluate
+from bdtool.core.experiment.executor import Executor, LocalExecutor, describe
 from bdtool.core.experiment.output import log_summary_artifacts, publish
 from bdtool.core.experiment.report import Summary, aggregate, format_markdown, row_sizes, write_report
+from bdtool.core.experiment.resume import AUTO, COMPARISON_KEY_TAG, comparison_key, find_resume_point, split_tasks
 from bdtool.core.experiment.rows import RowSpec
 from bdtool.core.experiment.splits import split_test
-from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, get_victim, load_dataset
-from bdtool.core.interfaces import Knowledge
-from bdtool.core.results import EvalResult
+from bdtool.core.experiment.tasks import RunOutcome, RunTask, TaskJob, finite_or_none, namespaced
+from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, load_dataset
+
+__all__ = ["CompareConfig", "ComparisonResult", "RunOutcome", "comparison_tasks", "failed_outcomes",
+           "failure_details", "failure_reason", "finite_or_none", "namespaced", "run_comparison", "validate_samples"]
 
 
 @dataclass
@@ -42,51 +42,8 @@ class CompareConfig:
     metrics: list[str] = field(default_factory=list)
     """The metric columns of the table, in order; empty = every registered metric. Every
     registered metric is computed and logged whatever is shown."""
-
-
-@dataclass
-class RunOutcome:
-    """One (row, n, seed) result. ``result`` is None when the row failed."""
-
-    label: str
-    defense: str
-    n: int
-    seed: int
-    knowledge: str
-    """trigger | target | none | oracle: what the row knew."""
-    status: str  # FINISHED | FAILED
-    result: EvalResult | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    """Every registered metric of this run (NaN where a metric could not be computed)."""
-    defense_time_s: float = float("nan")
-    repair_time_s: float | None = None
-    run_id: str | None = None
-    error: str | None = None
-
-    @property
-    def score(self) -> float:
-        return self.metrics.get("score", float("nan"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label, "defense": self.defense, "n": self.n, "seed": self.seed,
-            "knowledge": self.knowledge, "status": self.status,
-            "metrics": {k: finite_or_none(v) for k, v in self.metrics.items()},
-            "defense_time_s": finite_or_none(self.defense_time_s), "repair_time_s": finite_or_none(self.repair_time_s),
-            "run_id": self.run_id, "error": self.error, "eval": self.result.to_dict() if self.result else None,
-        }
-
-
-def namespaced(defense_name: str, key: str) -> str:
-    """A defense's own metric key under its name ("nad.ce_loss"), so it can never collide with
-    bdtool's metrics (acc, asr, score, ...) or another defense's (docs/plugins.md)."""
-    prefix = f"{defense_name}."
-    return key if key.startswith(prefix) else prefix + key
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """JSON has no NaN: a missing number is null."""
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+    resume: str | None = None
+    """A comparison's parent run id, or ``auto``: continue it (core/experiment/resume.py)."""
 
 
 @dataclass
@@ -96,6 +53,8 @@ class ComparisonResult:
     outcomes: list[RunOutcome]
     parent_run_id: str
     summary: Summary
+    resumed: int = 0
+    """Runs taken FINISHED from the resumed comparison, not run again."""
 
 
 def validate_samples(samples: list[int], pool_size: int) -> None:
@@ -109,10 +68,23 @@ def validate_samples(samples: list[int], pool_size: int) -> None:
             )
 
 
-def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
-    """Validate everything, get the victim, run every (row, n, seed) and log it all to MLflow."""
+def comparison_tasks(config: CompareConfig, victim: Victim) -> list[RunTask]:
+    """Every (row, n, seed) of the comparison, in the table's order."""
+    tasks: list[RunTask] = []
+    for row in config.rows:
+        for n in row_sizes(row, config.samples, victim):
+            for seed in range(config.seeds):
+                tasks.append(RunTask(len(tasks), row, n, seed))
+    return tasks
+
+
+def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None = None) -> ComparisonResult:
+    """Validate everything, get the victim, run every (row, n, seed) with ``executor`` (default:
+    here, one after another) and log it all to MLflow; with ``config.resume``, only the runs the
+    resumed comparison does not have FINISHED."""
     import mlflow  # heavy: see core/tracking/store.py
 
+    executor = executor or LocalExecutor()
     if config.seeds < 1:
         raise BdtoolError(f"--seeds must be at least 1, got {config.seeds}")
     if not config.rows:
@@ -120,22 +92,33 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
     bundle = load_dataset(config.spec.dataset, env)
     validate_samples(config.samples, len(split_test(bundle.test.y).pool_indices))
 
-    victim = get_victim(config.spec, env, bundle=bundle)
+    victim = executor.get_victim(config.spec, env, bundle)
     uri = tracking.setup_tracking(env.tracking_uri)
     experiment_id = tracking.ensure_experiment(env.experiment, uri)
-    total = sum(len(row_sizes(row, config.samples, victim)) for row in config.rows) * config.seeds
-    outcomes: list[RunOutcome] = []
+    tasks = comparison_tasks(config, victim)
+    metric_classes = [e.obj for e in sorted(env.registries.metrics, key=lambda e: (e.obj.column_order, e.name))]
+    key = comparison_key(victim.config_hash, [r.label for r in config.rows], config.samples, config.seeds)
+    point = find_resume_point(config.resume, key, experiment_id, metric_classes) if config.resume else None
+    if config.resume == AUTO and point is None:
+        env.progress.message("--resume auto: no earlier comparison with these options in the store; starting one")
+    todo, done = split_tasks(tasks, point)
+    if point is not None:
+        env.progress.message(f"resuming comparison {point.parent_run_id}: {len(done)} of {len(tasks)} runs already "
+                             f"finished, {len(todo)} to run")
 
     def record_failure(exc: BaseException) -> None:
         mlflow.set_tag(tracking.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
 
+    start = {"run_id": point.parent_run_id} if point is not None else {"experiment_id": experiment_id}
     with tracking.tracked_run(
-        experiment_id=experiment_id,
         run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
         tags={tracking.KIND_TAG: "comparison", tracking.VICTIM_RUN_TAG: victim.run_id,
-              tracking.VICTIM_HASH_TAG: victim.config_hash, **tracking.standard_tags(env.device)},
-        on_error=record_failure,
+              tracking.VICTIM_HASH_TAG: victim.config_hash, COMPARISON_KEY_TAG: key,
+              tracking.EXECUTOR_TAG: describe(executor), **tracking.standard_tags(env.device)},
+        on_error=record_failure, **start,
     ) as parent:
+        if point is not None and tracking.ERROR_TAG in parent.data.tags:  # the try it resumes: no longer true
+            mlflow.MlflowClient().delete_tag(parent.info.run_id, tracking.ERROR_TAG)
         tracking.log_params_flat({
             "dataset": config.spec.dataset, "model": config.spec.model, "attack": config.spec.attack,
             "target": config.spec.target, "poison_rate": config.spec.poison_rate,
@@ -152,16 +135,12 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
         evaluation_input = tracking.store.dataset_input(
             victim.data.evaluation, f"{config.spec.dataset} evaluation", dataset=config.spec.dataset,
             split="test (evaluation half)", n=len(victim.data.evaluation))
-        done = 0
-        for row in config.rows:
-            for n in row_sizes(row, config.samples, victim):
-                for seed in range(config.seeds):
-                    env.progress(f"compare ({row.label}, n={n}, seed={seed})", done, total)
-                    outcomes.append(_run_one(row, n, seed, victim, env, experiment_id, config.log_models,
-                                             evaluation_input))
-                    done += 1
-        env.progress("compare", total, total)
-        metric_classes = [e.obj for e in sorted(env.registries.metrics, key=lambda e: (e.obj.column_order, e.name))]
+        job = TaskJob(experiment_id=experiment_id, parent_run_id=parent.info.run_id, metric_classes=metric_classes,
+                      log_models=config.log_models, evaluation_input=evaluation_input)
+        ran = executor.run(todo, victim, env, job, done_before=len(done), total=len(tasks))
+        by_index = {**done, **{task.index: outcome for task, outcome in zip(todo, ran)}}
+        outcomes = [by_index[task.index] for task in tasks]
+        mlflow.log_metrics({"runs_resumed": float(len(done)), "runs_ran": float(len(todo))})
         shown = [env.registries.metrics.get(name) for name in config.metrics] or None
         summary = aggregate(victim, outcomes, config, metric_classes, shown)
         with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +152,7 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
         reason = failure_reason(outcomes)
         if reason:  # FINISHED only when every run ran; the summary is logged either way
             raise tracking.RunFailed(reason)
-    return ComparisonResult(victim, config, outcomes, parent.info.run_id, summary)
+    return ComparisonResult(victim, config, outcomes, parent.info.run_id, summary, resumed=len(done))
 
 
 def failed_outcomes(outcomes: list[RunOutcome]) -> list[RunOutcome]:
@@ -196,118 +175,3 @@ def failure_reason(outcomes: list[RunOutcome]) -> str | None:
     if not failed:
         return None
     return f"{len(failed)} of {len(outcomes)} runs failed: {failure_details(outcomes)}"
-
-
-def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, experiment_id: str,
-             log_models: bool, evaluation_input: Any) -> RunOutcome:
-    import mlflow  # heavy: see core/tracking/store.py
-
-    outcome = RunOutcome(label=row.label, defense=row.defense_name, n=n, seed=seed, knowledge=row.knowledge_label,
-                         status="RUNNING")
-
-    def record_failure(exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}"
-        mlflow.set_tag(tracking.ERROR_TAG, message[:5000])
-        mlflow.log_text(traceback.format_exc(), "error.txt")
-        outcome.status, outcome.error, outcome.result = "FAILED", message, None
-
-    try:
-        with tracking.tracked_run(
-            experiment_id=experiment_id, nested=True, run_name=f"{row.label} n={n} seed={seed}",
-            tags={tracking.KIND_TAG: "defense", tracking.ROW_TAG: row.label, tracking.KNOWLEDGE_TAG: row.knowledge_label,
-                  tracking.DEFENSE_TAG: row.defense_name,
-                  tracking.VICTIM_RUN_TAG: victim.run_id, tracking.VICTIM_HASH_TAG: victim.config_hash,
-                  **tracking.standard_tags(env.device)},
-            on_error=record_failure,
-        ) as run:
-            outcome.run_id = run.info.run_id
-            _defend_and_evaluate(row, n, seed, victim, env, log_models, outcome, evaluation_input)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a failed defense must not sink the comparison
-        interrupts.raise_if_pending(exc)  # raised while a signal asked to stop: the stop, not a failed defense
-        env.progress.message(f"  {row.label} n={n} seed={seed} failed: {outcome.error}")
-        return outcome
-    outcome.status = "FINISHED"
-    return outcome
-
-
-def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, log_models: bool,
-                         outcome: RunOutcome, evaluation_input: Any) -> None:
-    """Inside the run of (row, n, seed): defend, repair, evaluate, log; fills ``outcome``."""
-    import mlflow  # heavy: see core/tracking/store.py
-
-    defense = row.make_defense()
-    spec = victim.spec
-    tracking.log_params_flat({
-        "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
-        "poison_rate": spec.poison_rate, "n": n, "seed": seed,
-        "knowledge": row.knowledge_label, "defense": row.defense_name, "row": row.label,
-        "repair": row.repair_cls.name if row.repair_cls is not None else None,
-        "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},
-    })
-    tracking.store.set_description(_defense_description(row, n, seed, defense.params_dict(), victim))
-    progress = env.progress
-
-    def log_metric(key: str, value: float, step: int | None = None) -> None:
-        mlflow.log_metric(namespaced(row.defense_name, key), float(value), step=step)
-
-    knows = row.knowledge
-    ctx = defense_context(victim, row.defense_cls, n, seed, env.device, trigger=knows is Knowledge.TRIGGER,
-                          target=knows is not Knowledge.NONE,
-                          progress=lambda label, d, t: progress(f"  {row.label}: {label}", d, t),
-                          log_metric=log_metric)
-    data = victim.data
-    _log_run_inputs(ctx, evaluation_input, spec.dataset, n, seed)
-    seed_everything(seed)
-    with timed(env.device) as watch:
-        model = defense.defend(victim.model, ctx)
-    outcome.defense_time_s = watch.seconds
-    if row.repair_lr is not None:
-        repair = row.make_repair()
-        seed_everything(seed)
-        with timed(env.device) as watch:
-            model = repair.repair(model, ctx)
-        outcome.repair_time_s = watch.seconds
-    result = evaluate(model, data.evaluation, victim.attack, data.num_classes, env.device)
-    outcome.result = result
-    outcome.metrics, errors = compute_metrics(env.registries.metrics, result, victim.before)
-    for message in errors:  # a broken metric plugin costs its number, not the run
-        env.progress.message(f"  {row.label} n={n} seed={seed}: {message}")
-    if errors:
-        mlflow.set_tag(tracking.METRIC_ERROR_TAG, "; ".join(errors)[:5000])
-    metrics = {**outcome.metrics, "defense_time_s": outcome.defense_time_s,
-               **{f"class_acc_{c}": a for c, a in enumerate(result.per_class_acc) if not math.isnan(a)}}
-    if outcome.repair_time_s is not None:
-        metrics["repair_time_s"] = outcome.repair_time_s
-    mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
-    mlflow.log_dict(result.to_dict(), "evaluation.json")
-    if log_models:
-        tracking.log_model(model, data.evaluation.x, "model")
-
-
-def _defense_description(row: RowSpec, n: int, seed: int, params: dict[str, Any], victim: Victim) -> str:
-    """The run's description (Markdown) in the MLflow UI: what this run of the comparison is."""
-    spec = victim.spec
-    lines = [f"**{row.label}**: defense `{row.defense_name}`, knowledge `{row.knowledge_label}`, n={n}, seed={seed}",
-             "", f"Victim: {spec.dataset} / {spec.model} / {spec.attack} (target {spec.target}, poison rate "
-             f"{spec.poison_rate:g}), run `{victim.run_id}`."]
-    if row.repair_lr is not None:
-        lines += ["", f"Repair: `{row.repair_cls.name if row.repair_cls is not None else ''}` lr={row.repair_lr:g}"]
-    if params:
-        lines += ["", "Defense params: " + ", ".join(f"`{k}={v}`" for k, v in params.items())]
-    return "\n".join(lines) + "\n"
-
-
-def _log_run_inputs(ctx: Any, evaluation_input: Any, dataset: str, n: int, seed: int) -> None:
-    """The data of a defense run as MLflow dataset inputs: what the defense trained on (D_U, or the
-    clean training set for a retraining defense) and the evaluation half it was scored on."""
-    import mlflow  # heavy: see core/tracking/store.py
-
-    if len(ctx.unlearn):
-        tracking.store.log_dataset_input(ctx.unlearn, f"{dataset} D_U n={n} seed={seed}", "training",
-                                         dataset=dataset, split="unseen pool (D_U)", n=len(ctx.unlearn), seed=seed)
-    if ctx.train is not None:
-        tracking.store.log_dataset_input(ctx.train, f"{dataset} clean train", "training", dataset=dataset,
-                                         split="train minus poisoned", n=len(ctx.train))
-    mlflow.log_input(evaluation_input, context="evaluation")

@@ -9,6 +9,7 @@ from bdtool.core.tracking.store import (
     DEFAULT_TRACKING_URI,
     DEFENSE_TAG,
     ERROR_TAG,
+    EXECUTOR_TAG,
     HOST_TAG,
     KIND_TAG,
     KNOWLEDGE_TAG,
@@ -34,7 +35,7 @@ from bdtool.core.tracking.store import (
 from bdtool.core.tracking.orphans import OrphanReport, mark_orphans
 
 __all__ = [
-    "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "KIND_TAG", "KNOWLEDGE_TAG", "METRIC_ERROR_TAG", "DEFENSE_TAG", "ERROR_TAG", "ROW_TAG", "VICTIM_HASH_TAG", "VICTIM_RUN_TAG",
+    "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "KIND_TAG", "KNOWLEDGE_TAG", "METRIC_ERROR_TAG", "DEFENSE_TAG", "ERROR_TAG", "EXECUTOR_TAG", "ROW_TAG", "VICTIM_HASH_TAG", "VICTIM_RUN_TAG",
     "HOST_TAG", "PID_TAG", "ORPHANED_TAG", "RunFailed", "OrphanReport", "mark_orphans",
     "artifact_root_for", "download_state_dict",
     "ensure_experiment", "git_commit", "log_model", "log_params_flat", "pip_requirements",

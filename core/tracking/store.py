@@ -43,6 +43,7 @@ DEFENSE_TAG = "bdtool.defense"
 ERROR_TAG = "bdtool.error"
 METRIC_ERROR_TAG = "bdtool.metric_errors"
 KNOWLEDGE_TAG = "bdtool.knowledge"
+EXECUTOR_TAG = "bdtool.executor"  # a comparison's executor: "local" or "ray" (docs/scale-out.md)
 # MLflow's own tags. The experiment kind marks bdtool's experiment as model training (not GenAI);
 # the note is a run's description, rendered as Markdown by the UI.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
