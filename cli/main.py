@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow prints "View run ... at: URL" on stdout when a run ends on a tracking server: it would
+# break --json (stdout is JSON and nothing else); bdtool says where runs are itself.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import json
 import sys

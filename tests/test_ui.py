@@ -70,6 +70,14 @@ def test_ui_serves_the_runs_of_a_comparison(mlflow_store, digits_victim):
         assert runs is not None, f"the UI did not answer; output: {proc.stdout.read() if proc.poll() is not None else ''}"
         served = {r["info"]["run_id"] for r in runs.get("runs", [])}
         assert expected <= served
+        # The served store as a tracking server: `--json` stays JSON alone (MLflow prints "View run
+        # ... at: URL" on stdout when a run ends on a server, unless told not to).
+        compared = subprocess.run([sys.executable, "-m", "bdtool.cli", "compare", "--tracking-uri",
+                                   f"http://127.0.0.1:{port}", "--experiment", "tests", "--defense", "suppress-target",
+                                   "--samples", "5", "--seeds", "1", "--no-log-models", "--device", "cpu", "--json"],
+                                  capture_output=True, text=True, timeout=300)
+        assert compared.returncode == 0, compared.stderr
+        assert json.loads(compared.stdout)["runs_total"] == 1
     finally:
         output = stop_ui(proc)
     assert proc.returncode == 0
