@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -110,7 +111,9 @@ class RayExecutor:
                 kwargs["address"] = address
             handlers = _signal_handlers()
             try:
-                ray.init(**kwargs)
+                with warnings.catch_warnings():  # Ray Client warns before it raises: one line is said below
+                    warnings.simplefilter("ignore")
+                    ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise BdtoolError(f"could not start or join Ray at {address or 'a local instance'}: {first[:200]}") \
