@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
-from bdtool.cli.options import env_options, victim_options
+from bdtool.cli.options import env_options, victim_options, victim_source_option
 from bdtool.cli.preflight import preflight
 
 
@@ -34,13 +34,14 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     from bdtool.core.interfaces import Knowledge
     from bdtool.core.experiment.rows import parse_rows
     from bdtool.core.experiment.runner import CompareConfig, failed_outcomes, failure_details, run_comparison
+    from bdtool.core.experiment.victim import dataset_source
 
     registries = env.registries
     # Validate everything before any work starts or any run is created.
     rows = parse_rows(texts, Knowledge.parse(knowledge), registries)
     for name in metrics or []:
         registries.metrics.get(name)
-    registries.datasets.get(spec.dataset)
+    dataset_source(registries, spec.dataset)
     registries.models.get(spec.model)
     registries.attacks.get(spec.attack)
     config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models,
@@ -95,16 +96,17 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Also write the table as Markdown, CSV and JSON (and plots) into this folder.")
 @click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow (faster).")
+@victim_source_option
 @victim_options
 @env_options
-def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, dataset, model, attack, target, poison_rate,
-            victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
+def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, victim, dataset, model, attack, target,
+            poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow."""
     preflight(tracking_uri, output)
     from bdtool.core.experiment.rows import default_rows_under
     from bdtool.core.interfaces import Knowledge
 
-    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
+    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs, victim)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     texts = list(defenses)
     if not texts:

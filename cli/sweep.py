@@ -8,7 +8,7 @@ import click
 
 from bdtool.cli.compare import compare_and_report, exit_code
 from bdtool.cli.main import emit_json, main, make_env, make_spec
-from bdtool.cli.options import env_options, victim_options
+from bdtool.cli.options import env_options, victim_options, victim_source_option
 from bdtool.cli.preflight import preflight
 from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.victim import load_dataset
@@ -21,9 +21,10 @@ from bdtool.core.experiment.victim import load_dataset
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Write each comparison's tables into this folder (one subfolder per target).")
 @click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow.")
+@victim_source_option
 @victim_options
 @env_options
-def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack, target, poison_rate, victim_seed,
+def sweep(preset, samples, seeds, output, no_log_models, victim, dataset, model, attack, target, poison_rate, victim_seed,
           epochs, device, data_dir, download, tracking_uri, experiment, json_) -> None:
     """Run a named grid as one comparison per target (bdtool list sweeps: table7, table8, table9,
     table10, figure4 and any a plugin registers)."""
@@ -41,7 +42,7 @@ def sweep(preset, samples, seeds, output, no_log_models, dataset, model, attack,
         click.echo(f"{grid.description}: {len(grid.rows)} rows × n {sizes} × {seeds} seed(s) × target(s) {targets}")
     results = []
     for t in targets:
-        spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs)
+        spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs, victim)
         out = str(Path(output) / f"target{t}") if output and len(targets) > 1 else output
         results.append(compare_and_report(grid.rows, sizes, seeds, "trigger", spec, env, out, json_, not no_log_models))
     if len(targets) > 1 and not json_:

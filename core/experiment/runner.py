@@ -142,6 +142,7 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
             "samples": "+".join(map(str, config.samples)), "seeds": config.seeds,
             "rows": " | ".join(r.text for r in config.rows), "victim_run_id": victim.run_id,
             **{f"attack.{k}": v for k, v in victim.attack.params_dict().items()},
+            **({"victim_source": config.spec.source} if config.spec.source is not None else {}),
         })
         mlflow.log_metrics({"before_acc": victim.before.acc, "before_asr": victim.before.asr,
                             "before_ctca": victim.before.ctca, "before_min_class_acc": victim.before.min_class_acc})
