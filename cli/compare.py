@@ -16,13 +16,18 @@ from bdtool.cli.preflight import preflight
 # exits 128 + N (bdtool.cli.signals).
 PARTIAL_FAILURE = 3
 ALL_FAILED = 1
+STORE_FAILED = 4
+"""The tracking store failed during the comparison: every result was printed and written to
+--output, but not all of it could be logged."""
 
 
 def exit_code(payloads: list[dict[str, Any]]) -> int:
-    """The worst over comparisons: every run of one failed (1) > some failed (3) > none (0)."""
+    """The worst over comparisons: every run of one failed (1) > the store failed (4) > some runs
+    failed (3) > none (0)."""
     codes = [0 if not p["runs_failed"] else ALL_FAILED if p["runs_failed"] == p["runs_total"] else PARTIAL_FAILURE
              for p in payloads]
-    return ALL_FAILED if ALL_FAILED in codes else PARTIAL_FAILURE if PARTIAL_FAILURE in codes else 0
+    codes += [STORE_FAILED for p in payloads if p.get("store_error")]
+    return next((code for code in (ALL_FAILED, STORE_FAILED, PARTIAL_FAILURE) if code in codes), 0)
 
 
 def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowledge: str, spec, env, output: str | None,
@@ -53,9 +58,16 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     payload = summary.to_dict()
     payload["parent_run_id"] = result.parent_run_id
     failed = failed_outcomes(result.outcomes)
-    payload.update(status="FAILED" if failed else "FINISHED", runs_total=len(result.outcomes), runs_failed=len(failed))
+    payload.update(status="FAILED" if failed or result.store_error else "FINISHED", runs_total=len(result.outcomes),
+                   runs_failed=len(failed), store_error=result.store_error, runs_unlogged=result.unlogged)
 
     def say_failures() -> None:  # last on stderr, with or without --json
+        if result.store_error:
+            lost = [f"{result.unlogged} of {len(result.outcomes)} runs"] if result.unlogged else []
+            lost += ["the summary"] if result.summary_unlogged else []
+            click.echo(f"the tracking store failed during the comparison ({result.store_error}): "
+                       f"{' and '.join(lost) or 'part of it'} could not be logged; every result is printed"
+                       + (f" and written to {output}" if output else "") + f" (exit code {STORE_FAILED})", err=True)
         if failed and len(failed) == len(result.outcomes):
             click.echo(f"every row failed: {failure_details(result.outcomes)}", err=True)
         elif failed:
@@ -73,7 +85,7 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     for r in summary.rows:
         if r.seeds_failed:
             click.echo(f"{r.label} n={r.n}: {r.seeds_failed} run(s) failed: {'; '.join(r.errors)}", err=True)
-    click.echo(f"MLflow parent run {result.parent_run_id} (bdtool ui to browse)"
+    click.echo(f"MLflow parent run {result.parent_run_id or '(none)'} (bdtool ui to browse)"
                + (f"; tables written to {output}" if output else ""))
     say_failures()
     return payload

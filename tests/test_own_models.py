@@ -66,13 +66,19 @@ def exported(mlflow_store, digits_victim, tmp_path_factory) -> Path:
 
 # --- --victim -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("form", ["state_dict.pt", "safetensors", "runs:/"])
+@pytest.mark.parametrize("form", ["state_dict.pt", "safetensors", "runs:/", "models:/"])
 def test_exported_victim_given_back_has_the_same_before_metrics(mlflow_store, digits_victim, exported, tmp_path,
                                                                 form):
     if form == "safetensors":
         source = str(save_safetensors(digits_victim.fresh_copy(), tmp_path / "victim.safetensors"))
     elif form == "runs:/":
         source = f"runs:/{digits_victim.run_id}/model"
+    elif form == "models:/":  # the victim's MLflow model registered (a pickle: its run's state dict is read)
+        import mlflow
+
+        tracking.setup_tracking(mlflow_store)
+        version = mlflow.register_model(f"runs:/{digits_victim.run_id}/model-mlflow", f"victim-{uuid.uuid4().hex[:6]}")
+        source = f"models:/{version.name}/{version.version}"
     else:
         source = str(exported)
     experiment = new_experiment()
@@ -88,7 +94,8 @@ def test_exported_victim_given_back_has_the_same_before_metrics(mlflow_store, di
     victim_run = client.get_run(parent.data.tags["bdtool.victim_run_id"])
     assert victim_run.info.run_id != digits_victim.run_id and victim_run.info.status == "FINISHED"
     # the same bytes are one victim: runs:/ reuses the run the exported file (the same bytes) made
-    assert victim_run.data.tags[SOURCE_TAG] in ((source,) if form != "runs:/" else (source, str(exported)))
+    assert victim_run.data.tags[SOURCE_TAG] in ((source,) if form.endswith(".pt") or form == "safetensors"
+                                                else (source, str(exported)))
     expected_file = exported if form != "safetensors" else Path(source)
     assert victim_run.data.tags[SOURCE_SHA256_TAG] == file_sha256(expected_file)
     assert victim_run.data.params["source_sha256"] == file_sha256(expected_file)
@@ -373,3 +380,68 @@ def test_defend_refuses_a_hostile_model_file(mlflow_store, digits_victim, export
     result = defend(mlflow_store, experiment, path, str(digits_folder), "--output", str(tmp_path / "o.safetensors"))
     assert_one_line(result, says)
     assert marker is not None and not marker.exists() and runs_in(mlflow_store, experiment) == []
+
+
+# --- a store that fails mid-comparison ------------------------------------------------------------
+
+DRIVER = '''
+import shutil, sys
+from pathlib import Path
+from bdtool.cli import main
+from bdtool.core.interfaces import Defense
+from bdtool.plugins import get_registries
+
+
+class BreakStore(Defense):
+    """Returns the model unchanged after damaging the store's database in place (a backup first)."""
+
+    name = "break-store"
+    label = "BreakStore"
+
+    def apply(self, model, ctx):
+        db = Path(sys.argv[1])
+        shutil.copyfile(db, db.with_name("backup.db"))
+        size = db.stat().st_size
+        with open(db, "r+b") as f:
+            f.write(b"garbage!" * (size // 8))
+        return model
+
+
+get_registries().defenses.register("break-store", BreakStore, source="test")
+main(sys.argv[2:])
+'''
+
+
+def test_store_failing_mid_comparison_loses_no_result(digits_victim, exported, tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "store" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    out = tmp_path / "out"
+    args = ["compare", "--victim", str(exported), "--defense", "suppress-target", "--defense", "break-store",
+            "--defense", "ours", "--samples", "5", "--seeds", "1", "--device", "cpu", "--tracking-uri", uri,
+            "--output", str(out), "--json"]
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(db), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 4, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("the tracking store failed during the comparison (") and str(out) in last, last
+    assert "2 of 3 runs and the summary could not be logged" in last, last
+    payload = json.loads(done.stdout)
+    assert [r["label"] for r in payload["rows"]] == ["Null: suppress target (target label)", "BreakStore (none)",
+                                                     "Ours (trigger)"]
+    assert all(r["status"] == "ok" and r["asr_mean"] is not None for r in payload["rows"])
+    assert payload["rows"][2]["asr_mean"] == 0.0 and payload["rows"][1]["asr_mean"] > 0.9
+    written = json.loads((out / "summary.json").read_text())
+    assert [r["asr_mean"] for r in written["rows"]] == [r["asr_mean"] for r in payload["rows"]]
+    # Back on the store as it was when it failed: the runs its process left open are marked KILLED
+    # by the next command, none is left RUNNING.
+    (tmp_path / "store" / "backup.db").replace(db)
+    from bdtool.core.tracking.orphans import mark_orphans
+
+    report = mark_orphans(uri)
+    assert len(report.killed) == 2  # the comparison and BreakStore's run
+    client = MlflowClient(tracking_uri=uri)
+    statuses = [r.info.status for r in client.search_runs([e.experiment_id for e in client.search_experiments()])]
+    assert "RUNNING" not in statuses and statuses.count("FINISHED") == 2  # the victim and the null row

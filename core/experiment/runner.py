@@ -94,8 +94,23 @@ class ComparisonResult:
     victim: Victim
     config: CompareConfig
     outcomes: list[RunOutcome]
-    parent_run_id: str
+    parent_run_id: str | None
     summary: Summary
+    store_error: str | None = None
+    """Set when the tracking store failed during the comparison: every result was still computed,
+    printed and written to ``--output``, but not all was logged (``unlogged`` runs, the summary)."""
+    unlogged: int = 0
+    summary_unlogged: bool = False
+
+
+@dataclass
+class StoreState:
+    """The store's state during one comparison: once it fails, the rest runs without logging."""
+
+    error: str | None = None
+    unlogged: int = 0
+    summary_unlogged: bool = False
+    summary: Summary | None = None
 
 
 def validate_samples(samples: list[int], pool_size: int) -> None:
@@ -129,52 +144,78 @@ def run_comparison(config: CompareConfig, env: RunEnv) -> ComparisonResult:
     def record_failure(exc: BaseException) -> None:
         mlflow.set_tag(tracking.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
 
-    with tracking.tracked_run(
-        experiment_id=experiment_id,
-        run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
-        tags={tracking.KIND_TAG: "comparison", tracking.VICTIM_RUN_TAG: victim.run_id,
-              tracking.VICTIM_HASH_TAG: victim.config_hash, **tracking.standard_tags(env.device)},
-        on_error=record_failure,
-    ) as parent:
-        tracking.log_params_flat({
-            "dataset": config.spec.dataset, "model": config.spec.model, "attack": config.spec.attack,
-            "target": config.spec.target, "poison_rate": config.spec.poison_rate,
-            "samples": "+".join(map(str, config.samples)), "seeds": config.seeds,
-            "rows": " | ".join(r.text for r in config.rows), "victim_run_id": victim.run_id,
-            **{f"attack.{k}": v for k, v in victim.attack.params_dict().items()},
-            **({"victim_source": config.spec.source} if config.spec.source is not None else {}),
-        })
-        mlflow.log_metrics({"before_acc": victim.before.acc, "before_asr": victim.before.asr,
-                            "before_ctca": victim.before.ctca, "before_min_class_acc": victim.before.min_class_acc})
-        tracking.log_params_flat({"knowledge": " | ".join(f"{r.label}: {r.knowledge_label}" for r in config.rows),
-                                  "metrics": "+".join(config.metrics) or "all"})
-        # The evaluation half is the same for every run: its dataset input (a digest of all its
-        # images) is built once and logged in each run.
-        evaluation_input = tracking.store.dataset_input(
-            victim.data.evaluation, f"{config.spec.dataset} evaluation", dataset=config.spec.dataset,
-            split="test (evaluation half)", n=len(victim.data.evaluation))
-        done = 0
-        for row in config.rows:
-            for n in row_sizes(row, config.samples, victim):
-                for seed in range(config.seeds):
-                    env.progress(f"compare ({row.label}, n={n}, seed={seed})", done, total)
-                    outcomes.append(_run_one(row, n, seed, victim, env, experiment_id, config.log_models,
-                                             evaluation_input))
-                    done += 1
-        env.progress("compare", total, total)
-        metric_classes = [e.obj for e in sorted(env.registries.metrics, key=lambda e: (e.obj.column_order, e.name))]
-        shown = [env.registries.metrics.get(name) for name in config.metrics] or None
-        summary = aggregate(victim, outcomes, config, metric_classes, shown)
-        with tempfile.TemporaryDirectory() as tmp:
-            write_report(summary, Path(tmp))
-            log_summary_artifacts(tmp, "summary")  # an error is one line; the run ends FAILED
-            if config.output_dir:
-                publish(tmp, config.output_dir)
-        tracking.store.set_description(format_markdown(summary))
-        reason = failure_reason(outcomes)
-        if reason:  # FINISHED only when every run ran; the summary is logged either way
-            raise tracking.RunFailed(reason)
-    return ComparisonResult(victim, config, outcomes, parent.info.run_id, summary)
+    state = StoreState()
+    parent = None
+    try:
+        with tracking.tracked_run(
+            experiment_id=experiment_id,
+            run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
+            tags={tracking.KIND_TAG: "comparison", tracking.VICTIM_RUN_TAG: victim.run_id,
+                  tracking.VICTIM_HASH_TAG: victim.config_hash, **tracking.standard_tags(env.device)},
+            on_error=record_failure,
+        ) as parent:
+            tracking.log_params_flat({
+                "dataset": config.spec.dataset, "model": config.spec.model, "attack": config.spec.attack,
+                "target": config.spec.target, "poison_rate": config.spec.poison_rate,
+                "samples": "+".join(map(str, config.samples)), "seeds": config.seeds,
+                "rows": " | ".join(r.text for r in config.rows), "victim_run_id": victim.run_id,
+                **{f"attack.{k}": v for k, v in victim.attack.params_dict().items()},
+                **({"victim_source": config.spec.source} if config.spec.source is not None else {}),
+            })
+            mlflow.log_metrics({"before_acc": victim.before.acc, "before_asr": victim.before.asr,
+                                "before_ctca": victim.before.ctca, "before_min_class_acc": victim.before.min_class_acc})
+            tracking.log_params_flat({"knowledge": " | ".join(f"{r.label}: {r.knowledge_label}" for r in config.rows),
+                                      "metrics": "+".join(config.metrics) or "all"})
+            # The evaluation half is the same for every run: its dataset input (a digest of all its
+            # images) is built once and logged in each run.
+            evaluation_input = tracking.store.dataset_input(
+                victim.data.evaluation, f"{config.spec.dataset} evaluation", dataset=config.spec.dataset,
+                split="test (evaluation half)", n=len(victim.data.evaluation))
+            done = 0
+            for row in config.rows:
+                for n in row_sizes(row, config.samples, victim):
+                    for seed in range(config.seeds):
+                        env.progress(f"compare ({row.label}, n={n}, seed={seed})", done, total)
+                        outcome, failure = _run_one(row, n, seed, victim, env, experiment_id, config.log_models,
+                                                    evaluation_input, log=state.error is None)
+                        outcomes.append(outcome)
+                        if failure is not None and state.error is None:  # the rest runs without the store
+                            state.error = tracking.store.store_error_line(failure)
+                            env.progress.message(f"  the tracking store failed ({state.error}); the comparison goes on "
+                                                 "without logging")
+                        state.unlogged += state.error is not None
+                        done += 1
+            env.progress("compare", total, total)
+            metric_classes = [e.obj for e in sorted(env.registries.metrics, key=lambda e: (e.obj.column_order, e.name))]
+            shown = [env.registries.metrics.get(name) for name in config.metrics] or None
+            state.summary = summary = aggregate(victim, outcomes, config, metric_classes, shown)
+            with tempfile.TemporaryDirectory() as tmp:
+                write_report(summary, Path(tmp))
+                if config.output_dir:  # first: the results are kept whatever the store does next
+                    publish(tmp, config.output_dir)
+                if state.error is None:
+                    try:
+                        log_summary_artifacts(tmp, "summary")
+                        tracking.store.set_description(format_markdown(summary))
+                    except Exception as exc:
+                        if not tracking.store.is_store_error(exc):
+                            raise
+                        state.error = str(exc) if isinstance(exc, BdtoolError) else tracking.store.store_error_line(exc)
+                        state.summary_unlogged = True
+            reason = "; ".join(r for r in (failure_reason(outcomes), state.error and f"not logged: {state.error}") if r)
+            if reason:  # FINISHED only when every run ran and was logged; the summary is logged either way
+                raise tracking.RunFailed(reason)
+    except Exception as exc:
+        interrupts.raise_if_pending(exc)
+        if not tracking.store.is_store_error(exc):
+            raise
+        if state.summary is None:  # nothing computed yet: one line
+            raise BdtoolError(f"the tracking store {uri} failed before any result ({tracking.store.store_error_line(exc)}); "
+                              "check it (bdtool checks it before any work) and run again") from None
+        state.error = state.error or tracking.store.store_error_line(exc)
+        state.summary_unlogged = True
+    return ComparisonResult(victim, config, outcomes, parent.info.run_id if parent is not None else None,
+                            state.summary, state.error, state.unlogged, state.summary_unlogged)
 
 
 def failed_outcomes(outcomes: list[RunOutcome]) -> list[RunOutcome]:
@@ -200,17 +241,35 @@ def failure_reason(outcomes: list[RunOutcome]) -> str | None:
 
 
 def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, experiment_id: str,
-             log_models: bool, evaluation_input: Any) -> RunOutcome:
+             log_models: bool, evaluation_input: Any, log: bool = True) -> tuple[RunOutcome, BaseException | None]:
+    """One (row, n, seed) in a nested run: its outcome, and the store's error when the store
+    failed during it (``tracking.store.is_store_error``). Then the outcome keeps its result when the
+    defense had already been evaluated, or the run is done again without the store (``log=False``,
+    as every later run): a store failing mid-comparison loses no result."""
     import mlflow  # heavy: see core/tracking/store.py
 
     outcome = RunOutcome(label=row.label, defense=row.defense_name, n=n, seed=seed, knowledge=row.knowledge_label,
                          status="RUNNING")
+    if not log:
+        try:
+            _defend_and_evaluate(row, n, seed, victim, env, log_models, outcome, evaluation_input, log=False)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed defense must not sink the comparison
+            interrupts.raise_if_pending(exc)
+            outcome.status, outcome.error, outcome.result = "FAILED", f"{type(exc).__name__}: {exc}", None
+            env.progress.message(f"  {row.label} n={n} seed={seed} failed: {outcome.error}")
+            return outcome, None
+        outcome.status = "FINISHED"
+        return outcome, None
 
     def record_failure(exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
+        outcome.status, outcome.error = "FAILED", message
+        if not tracking.store.is_store_error(exc):
+            outcome.result = None
         mlflow.set_tag(tracking.ERROR_TAG, message[:5000])
         mlflow.log_text(traceback.format_exc(), "error.txt")
-        outcome.status, outcome.error, outcome.result = "FAILED", message, None
 
     try:
         with tracking.tracked_run(
@@ -227,31 +286,32 @@ def _run_one(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, exper
         raise
     except Exception as exc:  # noqa: BLE001 - a failed defense must not sink the comparison
         interrupts.raise_if_pending(exc)  # raised while a signal asked to stop: the stop, not a failed defense
+        if tracking.store.is_store_error(exc):
+            if outcome.result is None:  # not evaluated yet: done again, without the store
+                return _run_one(row, n, seed, victim, env, experiment_id, log_models, evaluation_input, log=False)[0], exc
+            outcome.status, outcome.error = "FINISHED", None
+            return outcome, exc
         env.progress.message(f"  {row.label} n={n} seed={seed} failed: {outcome.error}")
-        return outcome
+        return outcome, None
     outcome.status = "FINISHED"
-    return outcome
+    return outcome, None
 
 
 def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, log_models: bool,
-                         outcome: RunOutcome, evaluation_input: Any) -> None:
-    """Inside the run of (row, n, seed): defend, repair, evaluate, log; fills ``outcome``."""
+                         outcome: RunOutcome, evaluation_input: Any, log: bool = True) -> None:
+    """Inside the run of (row, n, seed): defend, repair, evaluate, log (unless ``log`` is False:
+    the store has failed); fills ``outcome``."""
     import mlflow  # heavy: see core/tracking/store.py
 
     defense = row.make_defense()
     spec = victim.spec
-    tracking.log_params_flat({
-        "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
-        "poison_rate": spec.poison_rate, "n": n, "seed": seed,
-        "knowledge": row.knowledge_label, "defense": row.defense_name, "row": row.label,
-        "repair": row.repair_cls.name if row.repair_cls is not None else None,
-        "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},
-    })
-    tracking.store.set_description(_defense_description(row, n, seed, defense.params_dict(), victim))
+    if log:
+        _log_run_start(row, n, seed, victim, defense)
     progress = env.progress
 
     def log_metric(key: str, value: float, step: int | None = None) -> None:
-        mlflow.log_metric(namespaced(row.defense_name, key), float(value), step=step)
+        if log:
+            mlflow.log_metric(namespaced(row.defense_name, key), float(value), step=step)
 
     knows = row.knowledge
     ctx = defense_context(victim, row.defense_cls, n, seed, env.device, trigger=knows is Knowledge.TRIGGER,
@@ -259,7 +319,8 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
                           progress=lambda label, d, t: progress(f"  {row.label}: {label}", d, t),
                           log_metric=log_metric)
     data = victim.data
-    _log_run_inputs(ctx, evaluation_input, spec.dataset, n, seed)
+    if log:
+        _log_run_inputs(ctx, evaluation_input, spec.dataset, n, seed)
     seed_everything(seed)
     with timed(env.device) as watch:
         model = defense.defend(victim.model, ctx)
@@ -275,6 +336,8 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
     outcome.metrics, errors = compute_metrics(env.registries.metrics, result, victim.before)
     for message in errors:  # a broken metric plugin costs its number, not the run
         env.progress.message(f"  {row.label} n={n} seed={seed}: {message}")
+    if not log:
+        return
     if errors:
         mlflow.set_tag(tracking.METRIC_ERROR_TAG, "; ".join(errors)[:5000])
     metrics = {**outcome.metrics, "defense_time_s": outcome.defense_time_s,
@@ -282,9 +345,25 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
     if outcome.repair_time_s is not None:
         metrics["repair_time_s"] = outcome.repair_time_s
     mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
-    mlflow.log_dict(result.to_dict(), "evaluation.json")
-    if log_models:
-        tracking.log_model(model, data.evaluation.x, "model")
+    try:
+        mlflow.log_dict(result.to_dict(), "evaluation.json")
+        if log_models:
+            tracking.log_model(model, data.evaluation.x, "model")
+    except OSError as exc:  # the artifact folder: the store's fault, not the defense's
+        raise tracking.store.ArtifactLogError(
+            f"cannot log the artifacts of run {mlflow.active_run().info.run_id} ({exc.strerror or exc})") from exc
+
+
+def _log_run_start(row: RowSpec, n: int, seed: int, victim: Victim, defense: Any) -> None:
+    spec = victim.spec
+    tracking.log_params_flat({
+        "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
+        "poison_rate": spec.poison_rate, "n": n, "seed": seed,
+        "knowledge": row.knowledge_label, "defense": row.defense_name, "row": row.label,
+        "repair": row.repair_cls.name if row.repair_cls is not None else None,
+        "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},
+    })
+    tracking.store.set_description(_defense_description(row, n, seed, defense.params_dict(), victim))
 
 
 def _defense_description(row: RowSpec, n: int, seed: int, params: dict[str, Any], victim: Victim) -> str:
