@@ -259,9 +259,10 @@ def test_image_trigger_stamps_what_badnets_stamps(digits_victim, tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_folder(digits_victim, tmp_path_factory) -> Path:
-    """The digits test split (never trained on) as PNG class folders: the user's clean images."""
+    """The digits the victim never trained on, less the evaluation half (so that scoring on it after
+    ``bdtool defend`` is on unseen images), as PNG class folders: the user's clean images."""
     folder = tmp_path_factory.mktemp("images") / "digits"
-    write_digits_folder(folder, digits_victim.bundle.test)
+    write_digits_folder(folder, digits_victim.data.pool)
     return folder
 
 
@@ -270,7 +271,7 @@ def test_folder_data_set_reads_the_images_and_splits_them(digits_folder):
 
     bundle = load_folder(str(digits_folder))
     assert (bundle.channels, bundle.image_size, bundle.num_classes) == (1, 8, 10)
-    assert len(bundle.train) + len(bundle.test) == 540 and len(bundle.test) == 162
+    assert len(bundle.train) + len(bundle.test) == 270 and len(bundle.test) == 81
     assert bundle.class_names == [str(i) for i in range(10)]
     resized = load_folder(f"{digits_folder}:size=16,channels=3")
     assert tuple(resized.train.x.shape[1:]) == (3, 16, 16)
@@ -340,7 +341,7 @@ def test_defend_writes_a_safetensors_that_reloads_without_the_backdoor(mlflow_st
                     "0", "--trigger-image", str(trigger), "--trigger-mask", str(mask), "--output", str(out), "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["knowledge"] == "trigger" and payload["n_unlearn"] == 378 and payload["n_holdout"] == 162
+    assert payload["knowledge"] == "trigger" and payload["n_unlearn"] == 189 and payload["n_holdout"] == 81
     assert payload["before"]["asr"] > 0.9 and payload["after"]["asr"] <= 0.02
     # the file reloads into the architecture, and the backdoor is gone on the digits evaluation half
     model = build_model(get_registries(), "small-cnn", digits_victim.bundle)

@@ -302,7 +302,7 @@ def _user_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Atta
         if cached is not None:
             env.progress.message(f"your victim {spec.source} (sha256 {weights.sha256[:12]}, run {cached}): "
                                  f"ACC {before.acc:.3f}, ASR {before.asr:.3f}")
-            return Victim(spec, digest, attack, bundle, data, model, before, cached, True, 0.0, train_config)
+            return Victim(spec, digest, attack, bundle, data, model, before, cached, True, float("nan"), train_config)
         experiment_id = tracking.ensure_experiment(env.experiment, uri)
         with tracking.tracked_run(experiment_id=experiment_id, run_name=f"victim {spec.source} ({spec.model})",
                                   tags={KIND_TAG: "victim", SOURCE_TAG: str(spec.source)[:5000],
@@ -323,4 +323,5 @@ def _user_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Atta
             mlflow.set_tag(VICTIM_HASH_TAG, digest)  # last, as for a trained victim
         env.progress.message(f"your victim {spec.source} (sha256 {weights.sha256[:12]}, run {run.info.run_id}): "
                              f"ACC {before.acc:.3f}, ASR {before.asr:.3f}")
-    return Victim(spec, digest, attack, bundle, data, model, before, run.info.run_id, False, 0.0, train_config)
+    # not trained here: no training time (the Before row's time is "-")
+    return Victim(spec, digest, attack, bundle, data, model, before, run.info.run_id, False, float("nan"), train_config)
