@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -73,11 +74,15 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: the unpickler can raise anything
         # (garbled files were seen to raise IndexError, KeyError, struct.error, UnicodeDecodeError, ...)
         first = _first_line(exc)
-        if "weights only load failed" in str(exc).lower() or "unsupported global" in str(exc).lower():
-            detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), first)
-            raise _refuse(path, f"it would need unpickling of arbitrary objects ({detail[:160]})",
-                          "bdtool never unpickles model files, save the model with torch.save(model.state_dict())"
-                          ) from None
+        text = str(exc)
+        if "weights only load failed" in text.lower() or "weightsunpickler error" in text.lower():
+            named = re.search(r"GLOBAL ([\w.]+)", text)
+            detail = next((line.strip() for line in text.splitlines()
+                           if line.strip().startswith(("Unsupported", "Trying to"))), "")
+            what = f"it names {named.group(1)}" if named else (detail[:120] or "not a state dict")
+            raise _refuse(path, f"it would need unpickling of arbitrary objects ({what})",
+                          "bdtool never unpickles model files, save the model with torch.save(model.state_dict()) "
+                          "or as .safetensors") from None
         raise _refuse(path, f"not a plain tensor state dict: {first}",
                       "the file is damaged (truncated?) or not a PyTorch file; bdtool never unpickles model files, "
                       "save the model with torch.save(model.state_dict())") from None
