@@ -31,6 +31,11 @@ def sweep(preset, samples, seeds, output, no_log_models, victim, dataset, model,
     preflight(tracking_uri, output)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     grid = env.registries.sweeps.get(preset)
+    if victim is not None and len(grid.targets) > 1:
+        from bdtool.core.errors import BdtoolError
+
+        raise BdtoolError(f"sweep {preset} trains one victim per target class ({', '.join(map(str, grid.targets))}); "
+                          "your --victim has one backdoor target: use a preset over one target or bdtool compare")
     pool = len(split_test(load_dataset(dataset, env).test.y).pool_indices)
     sizes = list(samples) or [n for n in grid.samples if n <= pool] or [pool]
     dropped = [n for n in grid.samples if n > pool and not samples]

@@ -446,3 +446,18 @@ def test_store_failing_mid_comparison_loses_no_result(digits_victim, exported, t
     client = MlflowClient(tracking_uri=uri)
     statuses = [r.info.status for r in client.search_runs([e.experiment_id for e in client.search_experiments()])]
     assert "RUNNING" not in statuses and statuses.count("FINISHED") == 2  # the victim and the null row
+
+
+def test_sweep_takes_a_victim_and_refuses_one_over_targets(mlflow_store, digits_victim, exported):
+    experiment = new_experiment()
+    base = ["sweep", "--victim", str(exported), "--samples", "5", "--seeds", "1", "--no-log-models", "--device", "cpu",
+            "--tracking-uri", mlflow_store, "--experiment", experiment]
+    refused = CliRunner().invoke(main, [*base[:1], "table10", *base[1:]])
+    assert_one_line(refused, "one victim per target class", "--victim")
+    assert runs_in(mlflow_store, experiment) == []
+    result = CliRunner().invoke(main, [*base[:1], "class-preserving", *base[1:], "--json"])
+    assert result.exit_code == 0, result.output
+    (comparison,) = json.loads(result.stdout)["comparisons"]
+    assert comparison["before"]["asr_mean"] == pytest.approx(digits_victim.before.asr)
+    parent = next(r for r in runs_in(mlflow_store, experiment) if r.data.tags["bdtool.kind"] == "comparison")
+    assert parent.data.params["victim_source"] == str(exported)
