@@ -48,8 +48,9 @@ class DefendConfig:
     """The clean images: ``folder:PATH`` (or any registered dataset)."""
     output: str
     """Where the defended ``.safetensors`` goes."""
-    row: str = "ours"
-    """The defense, as a ``--defense`` row: ``NAME[:k=v,...]``."""
+    row: str
+    """The defense, as a ``--defense`` row: ``NAME[:k=v,...]`` (the CLI's default; the core names
+    no defense)."""
     target: int | None = None
     attack: str | None = None
     """The trigger: ``NAME:k=v,...`` of a registered attack (``image:trigger=...,mask=...``)."""
