@@ -413,6 +413,7 @@ main(sys.argv[2:])
 '''
 
 
+@pytest.mark.slow  # a real bdtool process: ~12 s here
 def test_store_failing_mid_comparison_loses_no_result(digits_victim, exported, tmp_path):
     import subprocess
     import sys
