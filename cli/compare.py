@@ -8,7 +8,7 @@ import click
 
 from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
 from bdtool.cli.executors import make_executor
-from bdtool.cli.options import env_options, executor_options, victim_options
+from bdtool.cli.options import env_options, executor_options, victim_options, victim_source_option
 from bdtool.cli.preflight import preflight
 
 
@@ -17,13 +17,18 @@ from bdtool.cli.preflight import preflight
 # exits 128 + N (bdtool.cli.signals).
 PARTIAL_FAILURE = 3
 ALL_FAILED = 1
+STORE_FAILED = 4
+"""The tracking store failed during the comparison: every result was printed and written to
+--output, but not all of it could be logged."""
 
 
 def exit_code(payloads: list[dict[str, Any]]) -> int:
-    """The worst over comparisons: every run of one failed (1) > some failed (3) > none (0)."""
+    """The worst over comparisons: every run of one failed (1) > the store failed (4) > some runs
+    failed (3) > none (0)."""
     codes = [0 if not p["runs_failed"] else ALL_FAILED if p["runs_failed"] == p["runs_total"] else PARTIAL_FAILURE
              for p in payloads]
-    return ALL_FAILED if ALL_FAILED in codes else PARTIAL_FAILURE if PARTIAL_FAILURE in codes else 0
+    codes += [STORE_FAILED for p in payloads if p.get("store_error")]
+    return next((code for code in (ALL_FAILED, STORE_FAILED, PARTIAL_FAILURE) if code in codes), 0)
 
 
 def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowledge: str, spec, env, output: str | None,
@@ -36,13 +41,14 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     from bdtool.core.interfaces import Knowledge
     from bdtool.core.experiment.rows import parse_rows
     from bdtool.core.experiment.runner import CompareConfig, failed_outcomes, failure_details, run_comparison
+    from bdtool.core.experiment.victim import dataset_source
 
     registries = env.registries
     # Validate everything before any work starts or any run is created.
     rows = parse_rows(texts, Knowledge.parse(knowledge), registries)
     for name in metrics or []:
         registries.metrics.get(name)
-    registries.datasets.get(spec.dataset)
+    dataset_source(registries, spec.dataset)
     registries.models.get(spec.model)
     registries.attacks.get(spec.attack)
     config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models,
@@ -55,9 +61,16 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     payload["parent_run_id"] = result.parent_run_id
     payload["runs_resumed"] = result.resumed
     failed = failed_outcomes(result.outcomes)
-    payload.update(status="FAILED" if failed else "FINISHED", runs_total=len(result.outcomes), runs_failed=len(failed))
+    payload.update(status="FAILED" if failed or result.store_error else "FINISHED", runs_total=len(result.outcomes),
+                   runs_failed=len(failed), store_error=result.store_error, runs_unlogged=result.unlogged)
 
     def say_failures() -> None:  # last on stderr, with or without --json
+        if result.store_error:
+            lost = [f"{result.unlogged} of {len(result.outcomes)} runs"] if result.unlogged else []
+            lost += ["the summary"] if result.summary_unlogged else []
+            click.echo(f"the tracking store failed during the comparison ({result.store_error}): "
+                       f"{' and '.join(lost) or 'part of it'} could not be logged; every result is printed"
+                       + (f" and written to {output}" if output else "") + f" (exit code {STORE_FAILED})", err=True)
         if failed and len(failed) == len(result.outcomes):
             click.echo(f"every row failed: {failure_details(result.outcomes)}", err=True)
         elif failed:
@@ -78,7 +91,7 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     if result.resumed:
         click.echo(f"resumed: {result.resumed} of {len(result.outcomes)} runs taken FINISHED from the store, "
                    f"{len(result.outcomes) - result.resumed} run now")
-    click.echo(f"MLflow parent run {result.parent_run_id} (bdtool ui to browse)"
+    click.echo(f"MLflow parent run {result.parent_run_id or '(none)'} (bdtool ui to browse)"
                + (f"; tables written to {output}" if output else ""))
     say_failures()
     return payload
@@ -104,18 +117,19 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
 @click.option("--resume", default=None, metavar="PARENT_RUN_ID|auto",
               help="Continue that comparison (auto: the newest one with the same victim, rows, --samples and "
                    "--seeds): its FINISHED runs are kept, only the others run.")
+@victim_source_option
 @victim_options
 @env_options
 @executor_options
-def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, resume, dataset, model, attack, target,
-            poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_, executor,
-            ray_address, gpus_per_task, cpus_per_task) -> None:
+def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, resume, victim, dataset, model, attack,
+            target, poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_,
+            executor, ray_address, gpus_per_task, cpus_per_task) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow."""
     preflight(tracking_uri, output)
     from bdtool.core.experiment.rows import default_rows_under
     from bdtool.core.interfaces import Knowledge
 
-    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
+    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs, victim)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     texts = list(defenses)
     if not texts:

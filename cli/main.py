@@ -92,11 +92,11 @@ def make_env(device: str, data_dir: str | None, download: bool, tracking_uri: st
 
 
 def make_spec(dataset: str, model: str, attack: str, target: int, poison_rate: float, victim_seed: int,
-              epochs: int | None):
+              epochs: int | None, source: str | None = None):
     name, _, options = attack.partition(":")
     return VictimSpec(dataset=dataset, model=model, attack=name,
                       attack_options=tuple(sorted(parse_key_values(options, "--attack").items())),
-                      target=target, poison_rate=poison_rate, seed=victim_seed, epochs=epochs)
+                      target=target, poison_rate=poison_rate, seed=victim_seed, epochs=epochs, source=source)
 
 
 def emit_json(payload: Any) -> None:

@@ -41,6 +41,13 @@ victim_options = _stack(
     click.option("--epochs", type=int, default=None, help="Victim training epochs (default: the dataset's recipe)."),
 )
 
+victim_source_option = click.option(
+    "--victim", default=None, metavar="SOURCE",
+    help="Your own model instead of a victim bdtool trains: a .safetensors file, a PyTorch state dict "
+         "(loaded with weights_only=True, never unpickled), runs:/RUN_ID/PATH or models:/NAME/VERSION. "
+         "--model is its architecture; --dataset, --attack and --target say how it is evaluated "
+         "(docs/own-models.md).")
+
 env_options = _stack(
     click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
                  help="auto = CUDA when available."),

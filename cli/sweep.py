@@ -9,7 +9,7 @@ import click
 from bdtool.cli.compare import compare_and_report, exit_code
 from bdtool.cli.main import emit_json, main, make_env, make_spec
 from bdtool.cli.executors import make_executor
-from bdtool.cli.options import env_options, executor_options, victim_options
+from bdtool.cli.options import env_options, executor_options, victim_options, victim_source_option
 from bdtool.cli.preflight import preflight
 from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.victim import load_dataset
@@ -25,10 +25,11 @@ from bdtool.core.experiment.victim import load_dataset
 @click.option("--resume", is_flag=True,
               help="Continue each comparison from the newest one with the same options in the store (a killed "
                    "sweep loses only the runs in flight).")
+@victim_source_option
 @victim_options
 @env_options
 @executor_options
-def sweep(preset, samples, seeds, output, no_log_models, resume, dataset, model, attack, target, poison_rate,
+def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset, model, attack, target, poison_rate,
           victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_, executor, ray_address,
           gpus_per_task, cpus_per_task) -> None:
     """Run a named grid as one comparison per target (bdtool list sweeps: table7, table8, table9,
@@ -36,6 +37,11 @@ def sweep(preset, samples, seeds, output, no_log_models, resume, dataset, model,
     preflight(tracking_uri, output)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     grid = env.registries.sweeps.get(preset)
+    if victim is not None and len(grid.targets) > 1:
+        from bdtool.core.errors import BdtoolError
+
+        raise BdtoolError(f"sweep {preset} trains one victim per target class ({', '.join(map(str, grid.targets))}); "
+                          "your --victim has one backdoor target: use a preset over one target or bdtool compare")
     pool = len(split_test(load_dataset(dataset, env).test.y).pool_indices)
     sizes = list(samples) or [n for n in grid.samples if n <= pool] or [pool]
     dropped = [n for n in grid.samples if n > pool and not samples]
@@ -49,7 +55,7 @@ def sweep(preset, samples, seeds, output, no_log_models, resume, dataset, model,
     runner = make_executor(executor, ray_address, gpus_per_task, cpus_per_task)
     try:
         for t in targets:
-            spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs)
+            spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs, victim)
             out = str(Path(output) / f"target{t}") if output and len(targets) > 1 else output
             results.append(compare_and_report(grid.rows, sizes, seeds, "trigger", spec, env, out, json_,
                                               not no_log_models, executor=runner, resume="auto" if resume else None))

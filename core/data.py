@@ -15,6 +15,9 @@ class DataBundle:
     test: LabeledTensors
     num_classes: int
     class_names: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    """A digest of the contents where they can change under the same name (a folder of the
+    user's images); part of a victim's cache key when set."""
 
     @property
     def channels(self) -> int:

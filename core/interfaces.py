@@ -268,10 +268,17 @@ class Metric(ABC):
 
 
 class DatasetSource(ABC):
-    """Where a dataset comes from. ``load`` raises DataNotFoundError saying how to get it."""
+    """Where a dataset comes from. ``load`` raises DataNotFoundError saying how to get it.
+
+    A source that declares ``takes_location`` is named ``NAME:LOCATION`` (``--dataset
+    folder:PATH``) and built with that location; the others take none."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    takes_location: ClassVar[bool] = False
+
+    def __init__(self, location: str | None = None) -> None:
+        self.location = location
 
     @abstractmethod
     def load(self, data_dir: str | None = None, download: bool = False) -> "DataBundle": ...

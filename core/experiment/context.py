@@ -19,7 +19,10 @@ from bdtool.core.interfaces import (
 )
 
 if TYPE_CHECKING:
+    from bdtool.core.compute.training import TrainConfig
+    from bdtool.core.experiment.splits import ExperimentData
     from bdtool.core.experiment.victim import Victim
+    from bdtool.core.interfaces import Attack
 
 
 def defense_context(
@@ -42,18 +45,39 @@ def defense_context(
       and an empty D_U instead (its row's n is the training-set size).
     - ``trigger``: the attack (trigger and target) is handed over; ``target``: the target label.
     """
-    data = victim.data
+    return data_context(victim.data, defense_cls, n, seed, device,
+                        attack=victim.attack if trigger else None,
+                        target_class=victim.attack.target_class if (target or trigger) else None,
+                        train_recipe=victim.train_config, progress=progress, log_metric=log_metric)
+
+
+def data_context(
+    data: "ExperimentData",
+    defense_cls: type[Defense],
+    n: int,
+    seed: int,
+    device: torch.device,
+    *,
+    attack: "Attack | None",
+    target_class: int | None,
+    train_recipe: "TrainConfig | None" = None,
+    progress: ProgressFn = _no_progress,
+    log_metric: MetricLogFn = _no_metric,
+) -> DefenseContext:
+    """The same context on any ``ExperimentData``: a comparison's (``defense_context``) or the
+    user's folder in ``bdtool defend`` (its D_U pool is the folder's training part), with the
+    ``attack`` and ``target_class`` the defender knows (None = not known)."""
     retrains = defense_cls.needs_training_set
     return DefenseContext(
         unlearn=data.pool.subset([]) if retrains else data.draw_unlearn(n, seed),
         num_classes=data.num_classes,
         device=device,
         seed=seed,
-        attack=victim.attack if trigger else None,
-        target_class=victim.attack.target_class if (target or trigger) else None,
+        attack=attack,
+        target_class=target_class if target_class is not None else (attack.target_class if attack else None),
         draw_unlearn=None if retrains else data.unlearn_drawer(n, seed),
         train=data.clean_train() if retrains else None,
-        train_recipe=victim.train_config if retrains else None,
+        train_recipe=train_recipe if retrains else None,
         progress=progress,
         log_metric=log_metric,
     )

@@ -45,9 +45,15 @@ class LocalExecutor:
             done_before: int = 0, total: int | None = None) -> list[RunOutcome]:
         total = done_before + len(tasks) if total is None else total
         outcomes = []
+        log = True  # once the store fails, the rest runs without it (tasks.run_task): no result is lost
         for i, task in enumerate(tasks):
             env.progress(f"compare ({task.row.label}, n={task.n}, seed={task.seed})", done_before + i, total)
-            outcomes.append(run_task(task, victim, env, job))
+            outcome = run_task(task, victim, env, job, log=log)
+            if outcome.store_error and log:
+                log = False
+                env.progress.message(f"  the tracking store failed ({outcome.store_error}); the comparison goes on "
+                                     "without logging")
+            outcomes.append(outcome)
         env.progress("compare", total, total)
         return outcomes
 

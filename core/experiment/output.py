@@ -24,6 +24,7 @@ from typing import Iterator
 
 from bdtool.core.errors import BdtoolError
 from bdtool.core.tracking.checks import write_probe
+from bdtool.core.tracking.store import ArtifactLogError
 
 FILE_MODE = 0o666
 """New files get this mode less the umask (what ``open(path, "w")`` gives)."""
@@ -161,9 +162,9 @@ def log_summary_artifacts(local_dir: str | os.PathLike[str], artifact_path: str 
         mlflow.log_artifacts(str(local_dir), artifact_path=artifact_path)
     except OSError as exc:
         where = exc.filename or mlflow.get_artifact_uri(artifact_path)
-        raise BdtoolError(f"cannot log the summary to the artifact folder {where} ({_reason(exc)}); "
-                          "make it writable (the comparison is marked FAILED)") from exc
+        raise ArtifactLogError(f"cannot log the summary to the artifact folder {where} ({_reason(exc)}); "
+                               "make it writable (the comparison is marked FAILED)") from exc
     except MlflowException as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BdtoolError(f"cannot log the summary to {mlflow.get_artifact_uri(artifact_path)} ({first}); "
-                          "check the tracking store (the comparison is marked FAILED)") from exc
+        raise ArtifactLogError(f"cannot log the summary to {mlflow.get_artifact_uri(artifact_path)} ({first}); "
+                               "check the tracking store (the comparison is marked FAILED)") from exc

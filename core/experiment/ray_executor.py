@@ -132,6 +132,10 @@ class RayExecutor:
                          threads=max(1, math.floor(self.cpus_per_task)))
 
     def get_victim(self, spec: VictimSpec, env: RunEnv, bundle: DataBundle) -> Victim:
+        if spec.source is not None or ":" in spec.dataset:
+            # the user's weights file or image folder is a path on this machine: read here, then
+            # handed to the tasks through the object store like any victim
+            return get_victim(spec, env, bundle=bundle)
         self._ensure_started()
         ray = self._ray
         remote = ray.remote(_victim_task).options(**self._options(env.device))

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bdtool.core import tracking
+from bdtool.core import interrupts, tracking
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.executor import Executor, LocalExecutor, describe
 from bdtool.core.experiment.output import log_summary_artifacts, publish
@@ -51,10 +51,25 @@ class ComparisonResult:
     victim: Victim
     config: CompareConfig
     outcomes: list[RunOutcome]
-    parent_run_id: str
+    parent_run_id: str | None
     summary: Summary
     resumed: int = 0
     """Runs taken FINISHED from the resumed comparison, not run again."""
+    store_error: str | None = None
+    """Set when the tracking store failed during the comparison: every result was still computed,
+    printed and written to ``--output``, but not all was logged (``unlogged`` runs, the summary)."""
+    unlogged: int = 0
+    summary_unlogged: bool = False
+
+
+@dataclass
+class StoreState:
+    """The store's state during one comparison: once it fails, the rest runs without logging."""
+
+    error: str | None = None
+    unlogged: int = 0
+    summary_unlogged: bool = False
+    summary: Summary | None = None
 
 
 def validate_samples(samples: list[int], pool_size: int) -> None:
@@ -110,49 +125,75 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
         mlflow.set_tag(tracking.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
 
     start = {"run_id": point.parent_run_id} if point is not None else {"experiment_id": experiment_id}
-    with tracking.tracked_run(
-        run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
-        tags={tracking.KIND_TAG: "comparison", tracking.VICTIM_RUN_TAG: victim.run_id,
-              tracking.VICTIM_HASH_TAG: victim.config_hash, COMPARISON_KEY_TAG: key,
-              tracking.EXECUTOR_TAG: describe(executor), **tracking.standard_tags(env.device)},
-        on_error=record_failure, **start,
-    ) as parent:
-        if point is not None and tracking.ERROR_TAG in parent.data.tags:  # the try it resumes: no longer true
-            mlflow.MlflowClient().delete_tag(parent.info.run_id, tracking.ERROR_TAG)
-        tracking.log_params_flat({
-            "dataset": config.spec.dataset, "model": config.spec.model, "attack": config.spec.attack,
-            "target": config.spec.target, "poison_rate": config.spec.poison_rate,
-            "samples": "+".join(map(str, config.samples)), "seeds": config.seeds,
-            "rows": " | ".join(r.text for r in config.rows), "victim_run_id": victim.run_id,
-            **{f"attack.{k}": v for k, v in victim.attack.params_dict().items()},
-        })
-        mlflow.log_metrics({"before_acc": victim.before.acc, "before_asr": victim.before.asr,
-                            "before_ctca": victim.before.ctca, "before_min_class_acc": victim.before.min_class_acc})
-        tracking.log_params_flat({"knowledge": " | ".join(f"{r.label}: {r.knowledge_label}" for r in config.rows),
-                                  "metrics": "+".join(config.metrics) or "all"})
-        # The evaluation half is the same for every run: its dataset input (a digest of all its
-        # images) is built once and logged in each run.
-        evaluation_input = tracking.store.dataset_input(
-            victim.data.evaluation, f"{config.spec.dataset} evaluation", dataset=config.spec.dataset,
-            split="test (evaluation half)", n=len(victim.data.evaluation))
-        job = TaskJob(experiment_id=experiment_id, parent_run_id=parent.info.run_id, metric_classes=metric_classes,
-                      log_models=config.log_models, evaluation_input=evaluation_input)
-        ran = executor.run(todo, victim, env, job, done_before=len(done), total=len(tasks))
-        by_index = {**done, **{task.index: outcome for task, outcome in zip(todo, ran)}}
-        outcomes = [by_index[task.index] for task in tasks]
-        mlflow.log_metrics({"runs_resumed": float(len(done)), "runs_ran": float(len(todo))})
-        shown = [env.registries.metrics.get(name) for name in config.metrics] or None
-        summary = aggregate(victim, outcomes, config, metric_classes, shown)
-        with tempfile.TemporaryDirectory() as tmp:
-            write_report(summary, Path(tmp))
-            log_summary_artifacts(tmp, "summary")  # an error is one line; the run ends FAILED
-            if config.output_dir:
-                publish(tmp, config.output_dir)
-        tracking.store.set_description(format_markdown(summary))
-        reason = failure_reason(outcomes)
-        if reason:  # FINISHED only when every run ran; the summary is logged either way
-            raise tracking.RunFailed(reason)
-    return ComparisonResult(victim, config, outcomes, parent.info.run_id, summary, resumed=len(done))
+    state = StoreState()
+    parent = None
+    outcomes: list[RunOutcome] = []
+    try:
+        with tracking.tracked_run(
+            run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
+            tags={tracking.KIND_TAG: "comparison", tracking.VICTIM_RUN_TAG: victim.run_id,
+                  tracking.VICTIM_HASH_TAG: victim.config_hash, COMPARISON_KEY_TAG: key,
+                  tracking.EXECUTOR_TAG: describe(executor), **tracking.standard_tags(env.device)},
+            on_error=record_failure, **start,
+        ) as parent:
+            if point is not None and tracking.ERROR_TAG in parent.data.tags:  # the try it resumes: no longer true
+                mlflow.MlflowClient().delete_tag(parent.info.run_id, tracking.ERROR_TAG)
+            tracking.log_params_flat({
+                "dataset": config.spec.dataset, "model": config.spec.model, "attack": config.spec.attack,
+                "target": config.spec.target, "poison_rate": config.spec.poison_rate,
+                "samples": "+".join(map(str, config.samples)), "seeds": config.seeds,
+                "rows": " | ".join(r.text for r in config.rows), "victim_run_id": victim.run_id,
+                **{f"attack.{k}": v for k, v in victim.attack.params_dict().items()},
+                **({"victim_source": config.spec.source} if config.spec.source is not None else {}),
+            })
+            mlflow.log_metrics({"before_acc": victim.before.acc, "before_asr": victim.before.asr,
+                                "before_ctca": victim.before.ctca, "before_min_class_acc": victim.before.min_class_acc})
+            tracking.log_params_flat({"knowledge": " | ".join(f"{r.label}: {r.knowledge_label}" for r in config.rows),
+                                      "metrics": "+".join(config.metrics) or "all"})
+            # The evaluation half is the same for every run: its dataset input (a digest of all its
+            # images) is built once and logged in each run.
+            evaluation_input = tracking.store.dataset_input(
+                victim.data.evaluation, f"{config.spec.dataset} evaluation", dataset=config.spec.dataset,
+                split="test (evaluation half)", n=len(victim.data.evaluation))
+            job = TaskJob(experiment_id=experiment_id, parent_run_id=parent.info.run_id,
+                          metric_classes=metric_classes, log_models=config.log_models,
+                          evaluation_input=evaluation_input)
+            ran = executor.run(todo, victim, env, job, done_before=len(done), total=len(tasks))
+            by_index = {**done, **{task.index: outcome for task, outcome in zip(todo, ran)}}
+            outcomes = [by_index[task.index] for task in tasks]
+            state.error = next((o.store_error for o in outcomes if o.store_error), None)
+            state.unlogged = sum(not o.logged for o in outcomes)
+            shown = [env.registries.metrics.get(name) for name in config.metrics] or None
+            state.summary = summary = aggregate(victim, outcomes, config, metric_classes, shown)
+            with tempfile.TemporaryDirectory() as tmp:
+                write_report(summary, Path(tmp))
+                if config.output_dir:  # first: the results are kept whatever the store does next
+                    publish(tmp, config.output_dir)
+                if state.error is None:
+                    try:
+                        mlflow.log_metrics({"runs_resumed": float(len(done)), "runs_ran": float(len(todo))})
+                        log_summary_artifacts(tmp, "summary")
+                        tracking.store.set_description(format_markdown(summary))
+                    except Exception as exc:
+                        if not tracking.store.is_store_error(exc):
+                            raise
+                        state.error = str(exc) if isinstance(exc, BdtoolError) else tracking.store.store_error_line(exc)
+                        state.summary_unlogged = True
+            reason = "; ".join(r for r in (failure_reason(outcomes), state.error and f"not logged: {state.error}") if r)
+            if reason:  # FINISHED only when every run ran and was logged; the summary is logged either way
+                raise tracking.RunFailed(reason)
+    except Exception as exc:
+        interrupts.raise_if_pending(exc)
+        if not tracking.store.is_store_error(exc):
+            raise
+        if state.summary is None:  # nothing computed yet: one line
+            raise BdtoolError(f"the tracking store {uri} failed before any result ({tracking.store.store_error_line(exc)}); "
+                              "check it (bdtool checks it before any work) and run again") from None
+        state.error = state.error or tracking.store.store_error_line(exc)
+        state.summary_unlogged = True
+    return ComparisonResult(victim, config, outcomes, parent.info.run_id if parent is not None else None,
+                            state.summary, resumed=len(done), store_error=state.error, unlogged=state.unlogged,
+                            summary_unlogged=state.summary_unlogged)
 
 
 def failed_outcomes(outcomes: list[RunOutcome]) -> list[RunOutcome]:

@@ -70,6 +70,11 @@ class RunOutcome:
     repair_time_s: float | None = None
     run_id: str | None = None
     error: str | None = None
+    store_error: str | None = None
+    """The tracking store's error when the store failed during this run (the run's result is kept,
+    or the run was done again without the store)."""
+    logged: bool = True
+    """False when this run could not be (fully) logged: the store had failed."""
 
     @property
     def score(self) -> float:
@@ -97,22 +102,41 @@ def finite_or_none(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
 
-def run_task(task: RunTask, victim: Victim, env: RunEnv, job: TaskJob) -> RunOutcome:
+def run_task(task: RunTask, victim: Victim, env: RunEnv, job: TaskJob, log: bool = True) -> RunOutcome:
     """Run ``task`` in its own MLflow run under ``job.parent_run_id``: FINISHED with its metrics,
     or FAILED with its error (a failed defense does not sink the comparison). A stop (Ctrl-C, a
-    signal) ends the run KILLED and propagates."""
+    signal) ends the run KILLED and propagates.
+
+    When the tracking store fails during the run (``tracking.store.is_store_error``), the outcome
+    keeps its result if the defense had already been evaluated, or the task is done again without
+    the store (``log=False``, as the local executor runs every later task), and
+    ``outcome.store_error`` says why: a store failing mid-comparison loses no result."""
     import mlflow  # heavy: see core/tracking/store.py
 
     row, n, seed = task.row, task.n, task.seed
-
     outcome = RunOutcome(label=row.label, defense=row.defense_name, n=n, seed=seed, knowledge=row.knowledge_label,
                          status="RUNNING")
+    if not log:
+        outcome.logged = False
+        try:
+            _defend_and_evaluate(row, n, seed, victim, env, job, outcome, log=False)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed defense must not sink the comparison
+            interrupts.raise_if_pending(exc)
+            outcome.status, outcome.error, outcome.result = "FAILED", f"{type(exc).__name__}: {exc}", None
+            env.progress.message(f"  {row.label} n={n} seed={seed} failed: {outcome.error}")
+            return outcome
+        outcome.status = "FINISHED"
+        return outcome
 
     def record_failure(exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
+        outcome.status, outcome.error = "FAILED", message
+        if not tracking.store.is_store_error(exc):
+            outcome.result = None
         mlflow.set_tag(tracking.ERROR_TAG, message[:5000])
         mlflow.log_text(traceback.format_exc(), "error.txt")
-        outcome.status, outcome.error, outcome.result = "FAILED", message, None
 
     try:
         with tracking.tracked_run(
@@ -130,6 +154,14 @@ def run_task(task: RunTask, victim: Victim, env: RunEnv, job: TaskJob) -> RunOut
         raise
     except Exception as exc:  # noqa: BLE001 - a failed defense must not sink the comparison
         interrupts.raise_if_pending(exc)  # raised while a signal asked to stop: the stop, not a failed defense
+        if tracking.store.is_store_error(exc):
+            if outcome.result is None:  # not evaluated yet: done again, without the store
+                redo = run_task(task, victim, env, job, log=False)
+                redo.store_error, redo.run_id = tracking.store.store_error_line(exc), outcome.run_id
+                return redo
+            outcome.status, outcome.error, outcome.logged = "FINISHED", None, False
+            outcome.store_error = tracking.store.store_error_line(exc)
+            return outcome
         env.progress.message(f"  {row.label} n={n} seed={seed} failed: {outcome.error}")
         return outcome
     outcome.status = "FINISHED"
@@ -146,24 +178,20 @@ def _parent_is_active(parent_run_id: str) -> bool:
 
 
 def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: RunEnv, job: TaskJob,
-                         outcome: RunOutcome) -> None:
-    """Inside the run of (row, n, seed): defend, repair, evaluate, log; fills ``outcome``."""
+                         outcome: RunOutcome, log: bool = True) -> None:
+    """Inside the run of (row, n, seed): defend, repair, evaluate, log (unless ``log`` is False:
+    the store has failed); fills ``outcome``."""
     import mlflow  # heavy: see core/tracking/store.py
 
     defense = row.make_defense()
     spec = victim.spec
-    tracking.log_params_flat({
-        "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
-        "poison_rate": spec.poison_rate, "n": n, "seed": seed,
-        "knowledge": row.knowledge_label, "defense": row.defense_name, "row": row.label,
-        "repair": row.repair_cls.name if row.repair_cls is not None else None,
-        "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},
-    })
-    tracking.store.set_description(_defense_description(row, n, seed, defense.params_dict(), victim))
+    if log:
+        _log_run_start(row, n, seed, victim, defense)
     progress = env.progress
 
     def log_metric(key: str, value: float, step: int | None = None) -> None:
-        mlflow.log_metric(namespaced(row.defense_name, key), float(value), step=step)
+        if log:
+            mlflow.log_metric(namespaced(row.defense_name, key), float(value), step=step)
 
     knows = row.knowledge
     ctx = defense_context(victim, row.defense_cls, n, seed, env.device, trigger=knows is Knowledge.TRIGGER,
@@ -171,7 +199,8 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
                           progress=lambda label, d, t: progress(f"  {row.label}: {label}", d, t),
                           log_metric=log_metric)
     data = victim.data
-    _log_run_inputs(ctx, job.evaluation_input, spec.dataset, n, seed)
+    if log:
+        _log_run_inputs(ctx, job.evaluation_input, spec.dataset, n, seed)
     seed_everything(seed)
     with timed(env.device) as watch:
         model = defense.defend(victim.model, ctx)
@@ -187,6 +216,8 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
     outcome.metrics, errors = compute_metrics(job.metric_classes, result, victim.before)
     for message in errors:  # a broken metric plugin costs its number, not the run
         env.progress.message(f"  {row.label} n={n} seed={seed}: {message}")
+    if not log:
+        return
     if errors:
         mlflow.set_tag(tracking.METRIC_ERROR_TAG, "; ".join(errors)[:5000])
     metrics = {**outcome.metrics, "defense_time_s": outcome.defense_time_s,
@@ -194,9 +225,25 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
     if outcome.repair_time_s is not None:
         metrics["repair_time_s"] = outcome.repair_time_s
     mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
-    mlflow.log_dict(result.to_dict(), "evaluation.json")
-    if job.log_models:
-        tracking.log_model(model, data.evaluation.x, "model")
+    try:
+        mlflow.log_dict(result.to_dict(), "evaluation.json")
+        if job.log_models:
+            tracking.log_model(model, data.evaluation.x, "model")
+    except OSError as exc:  # the artifact folder: the store's fault, not the defense's
+        raise tracking.store.ArtifactLogError(
+            f"cannot log the artifacts of run {mlflow.active_run().info.run_id} ({exc.strerror or exc})") from exc
+
+
+def _log_run_start(row: RowSpec, n: int, seed: int, victim: Victim, defense: Any) -> None:
+    spec = victim.spec
+    tracking.log_params_flat({
+        "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
+        "poison_rate": spec.poison_rate, "n": n, "seed": seed,
+        "knowledge": row.knowledge_label, "defense": row.defense_name, "row": row.label,
+        "repair": row.repair_cls.name if row.repair_cls is not None else None,
+        "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},
+    })
+    tracking.store.set_description(_defense_description(row, n, seed, defense.params_dict(), victim))
 
 
 def _defense_description(row: RowSpec, n: int, seed: int, params: dict[str, Any], victim: Victim) -> str:

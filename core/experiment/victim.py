@@ -24,7 +24,8 @@ from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.evaluation import evaluate
 from bdtool.core.experiment.progress import ProgressPrinter
 from bdtool.core.experiment.splits import ExperimentData, prepare_experiment
-from bdtool.core.interfaces import Attack
+from bdtool.core.experiment.weights import fit_weights, read_weights
+from bdtool.core.interfaces import Attack, DatasetSource
 from bdtool.core.results import EvalResult
 from bdtool.core.tracking import KIND_TAG, VICTIM_HASH_TAG
 from bdtool.core.tracking.locks import file_lock
@@ -55,6 +56,9 @@ class VictimSpec:
     epochs: int | None = None
     lr: float | None = None
     batch_size: int | None = None
+    source: str | None = None
+    """The user's weights (``--victim``: a file, ``runs:/...`` or ``models:/...``) instead of a
+    victim bdtool trains; the dataset, attack and target then say how it is evaluated."""
 
     def train_config(self) -> TrainConfig:
         base = RECIPES.get(self.dataset, DEFAULT_RECIPE)
@@ -110,12 +114,30 @@ def build_model(registries: Any, name: str, bundle: DataBundle) -> nn.Module:
     return arch.build(bundle.channels, bundle.image_size, bundle.num_classes)
 
 
+def dataset_source(registries: Any, text: str) -> DatasetSource:
+    """The dataset ``NAME`` or ``NAME:LOCATION`` (``folder:PATH``: a source that declares
+    ``takes_location``) from the registry; a location given to a source that takes none, or
+    missing where one is needed, is one line."""
+    name, sep, location = text.partition(":")
+    cls = registries.datasets.get(name)
+    if cls.takes_location:
+        if not sep or not location:
+            raise BdtoolError(f"dataset '{name}' needs a location: --dataset {name}:PATH")
+        return cls(location=location)
+    if sep:
+        raise BdtoolError(f"dataset '{name}' takes no location ('{text}'); use --dataset {name}")
+    return cls()
+
+
 def load_dataset(name: str, env: RunEnv) -> DataBundle:
-    source = env.registries.datasets.get(name)()
-    return source.load(env.data_dir, env.download)
+    return dataset_source(env.registries, name).load(env.data_dir, env.download)
 
 
-def config_hash(spec: VictimSpec, attack: Attack, train: TrainConfig, bundle: DataBundle) -> str:
+def config_hash(spec: VictimSpec, attack: Attack, train: TrainConfig, bundle: DataBundle,
+                weights_sha256: str | None = None) -> str:
+    """The victim's cache key. A folder data set's content digest (``bundle.fingerprint``) and
+    the SHA-256 of a user's weights enter it only when present, so the keys of every victim
+    trained before them are unchanged."""
     payload = {
         "recipe_version": VICTIM_RECIPE_VERSION,
         "dataset": spec.dataset,
@@ -128,6 +150,10 @@ def config_hash(spec: VictimSpec, attack: Attack, train: TrainConfig, bundle: Da
         "seed": spec.seed,
         "train": asdict(train),
     }
+    if bundle.fingerprint:
+        payload["data_fingerprint"] = bundle.fingerprint
+    if weights_sha256 is not None:
+        payload.update(user_weights_sha256=weights_sha256, train=None, seed=None, poison_rate=None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -176,6 +202,8 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
         raise BdtoolError(f"attack {spec.attack}: {exc}") from None
     data = prepare_experiment(bundle, attack, spec.poison_rate, spec.seed)
     train_config = spec.train_config()
+    if spec.source is not None:
+        return _user_victim(spec, env, bundle, attack, data, train_config)
     digest = config_hash(spec, attack, train_config, bundle)
     uri = tracking.setup_tracking(env.tracking_uri)
     # Processes needing the same victim train it once: the lock is held from the lookup to the
@@ -244,3 +272,56 @@ def _get_or_train(spec: VictimSpec, env: RunEnv, retrain: bool, bundle: DataBund
         # The hash tag is set last: only a completely logged victim is ever found by the cache.
         mlflow.set_tag(VICTIM_HASH_TAG, digest)
     return Victim(spec, digest, attack, bundle, data, model, before, run.info.run_id, False, seconds, train_config)
+
+
+SOURCE_TAG = "bdtool.victim_source"
+"""Where a user's victim came from (``--victim``: the path or MLflow URI as given)."""
+SOURCE_SHA256_TAG = "bdtool.victim_source_sha256"
+
+
+def _user_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Attack, data: ExperimentData,
+                 train_config: TrainConfig) -> Victim:
+    """The user's weights (``spec.source``) as the victim: fitted to ``spec.model`` for the
+    dataset, evaluated on the evaluation half under the attack and target the user states, and
+    logged once as a victim run recording the source and its SHA-256 (the same file again reuses
+    that run, found by a hash of the file's digest and the evaluation setup)."""
+    import mlflow  # heavy: imported where a run is logged (core/tracking/store.py)
+
+    uri = tracking.setup_tracking(env.tracking_uri)  # before reading: runs:/ and models:/ URIs need it
+    weights = read_weights(str(spec.source))
+    model = build_model(env.registries, spec.model, bundle)
+    fit_weights(model, weights.state, f"--victim {spec.source}",
+                f"{spec.model} ({spec.dataset}: {bundle.channels} channel(s), {bundle.image_size}×{bundle.image_size}, "
+                f"{bundle.num_classes} classes)")
+    model.to(env.device).eval()
+    before = evaluate(model, data.evaluation, attack, bundle.num_classes, env.device)
+    digest = config_hash(spec, attack, train_config, bundle, weights_sha256=weights.sha256)
+    lock = tracking.store.victim_lock_path(uri, digest)
+    with file_lock(lock):
+        cached = find_cached_run(digest)
+        if cached is not None:
+            env.progress.message(f"your victim {spec.source} (sha256 {weights.sha256[:12]}, run {cached}): "
+                                 f"ACC {before.acc:.3f}, ASR {before.asr:.3f}")
+            return Victim(spec, digest, attack, bundle, data, model, before, cached, True, float("nan"), train_config)
+        experiment_id = tracking.ensure_experiment(env.experiment, uri)
+        with tracking.tracked_run(experiment_id=experiment_id, run_name=f"victim {spec.source} ({spec.model})",
+                                  tags={KIND_TAG: "victim", SOURCE_TAG: str(spec.source)[:5000],
+                                        SOURCE_SHA256_TAG: weights.sha256, **tracking.standard_tags(env.device)}) as run:
+            tracking.log_params_flat({
+                "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
+                "source": spec.source, "source_path": weights.path, "source_sha256": weights.sha256,
+                "n_pool": len(data.pool), "n_eval": len(data.evaluation),
+                **{f"attack.{k}": v for k, v in attack.params_dict().items()},
+            })
+            tracking.store.log_dataset_input(data.evaluation, f"{spec.dataset} evaluation", "evaluation",
+                                             dataset=spec.dataset, split="test (evaluation half)",
+                                             n=len(data.evaluation))
+            mlflow.log_metrics({"final_acc": before.acc, "final_asr": before.asr, "final_ctca": before.ctca,
+                                "final_min_class_acc": before.min_class_acc})
+            mlflow.log_dict(before.to_dict(), "evaluation.json")
+            tracking.log_model(model, data.evaluation.x, "model")
+            mlflow.set_tag(VICTIM_HASH_TAG, digest)  # last, as for a trained victim
+        env.progress.message(f"your victim {spec.source} (sha256 {weights.sha256[:12]}, run {run.info.run_id}): "
+                             f"ACC {before.acc:.3f}, ASR {before.asr:.3f}")
+    # not trained here: no training time (the Before row's time is "-")
+    return Victim(spec, digest, attack, bundle, data, model, before, run.info.run_id, False, float("nan"), train_config)

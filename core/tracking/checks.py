@@ -4,8 +4,10 @@
 trained) into one ``BdtoolError`` line naming the store and the fix:
 
 - ``sqlite:///PATH``: the folder of PATH is created (default mode) and must take new files; PATH,
-  if it exists, must be a writable file; ``<folder>/artifacts`` (where bdtool puts the artifacts
-  of a sqlite store), if it exists, must be a writable folder.
+  if it exists, must be a writable file and a readable SQLite database (``check_sqlite_file``:
+  its header, its size against the page count the header records, its schema table);
+  ``<folder>/artifacts`` (where bdtool puts the artifacts of a sqlite store), if it exists, must
+  be a writable folder.
 - ``http(s)://HOST[:PORT]``: ``URI/health`` must answer within ``timeout`` seconds (through the
   environment's proxy, as MLflow would); MLflow itself retries for minutes before failing.
 - ``file://`` and plain paths: MLflow 3 refuses file stores ("maintenance mode") unless
@@ -72,9 +74,45 @@ def _check_folder_store(folder: Path, uri: str, db: Path | None = None) -> None:
         if not os.access(db, os.R_OK | os.W_OK):
             raise BdtoolError(f"tracking store {uri}: the database {db} is read-only; "
                               "make it writable or pass another --tracking-uri")
+        check_sqlite_file(db, uri)
     artifacts = folder / "artifacts"
     if artifacts.is_dir():
         _probe_folder(artifacts, uri, "artifact folder")
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(db: Path, uri: str) -> None:
+    """An existing, non-empty ``db`` must be a whole SQLite database (sqlite.org/fileformat.html,
+    "The Database Header"): the 16-byte magic string; when the header's page count is valid (its
+    change counter equals its version-valid-for number) a file at least that many pages long; and a
+    readable schema table. A damaged store is then one line before any work, not a SQLAlchemy
+    traceback after it (what MLflow gives). No full integrity check: that reads every page."""
+    import sqlite3
+
+    size = db.stat().st_size
+    if size == 0:  # sqlite and MLflow treat an empty file as a new database
+        return
+    fix = "restore it from a backup, move it away, or pass another --tracking-uri"
+    with open(db, "rb") as f:
+        header = f.read(100)
+    if not header.startswith(SQLITE_HEADER):
+        raise BdtoolError(f"tracking store {uri}: {db} is not an SQLite database (damaged or another file); {fix}")
+    if len(header) < 100:
+        raise BdtoolError(f"tracking store {uri}: the database {db} is truncated ({size} bytes); {fix}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if header[24:28] == header[92:96] and pages and size < pages * page_size:
+        raise BdtoolError(f"tracking store {uri}: the database {db} is truncated ({size} bytes, its header says "
+                          f"{pages} pages of {page_size}); {fix}")
+    try:
+        with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        conn.close()
+    except sqlite3.Error as exc:
+        raise BdtoolError(f"tracking store {uri}: the database {db} cannot be read ({exc}); {fix}") from None
 
 
 def _check_server(uri: str, timeout: float) -> None:

@@ -1,4 +1,6 @@
-"""Built-in attacks: BadNets (Gu et al. 2017) and Blend (Chen et al. 2017)."""
+"""Built-in attacks: BadNets (Gu et al. 2017), Blend (Chen et al. 2017), and ``image``: a trigger
+the user holds as an image and a mask (``bdtool defend --trigger-image/--trigger-mask``,
+docs/own-models.md)."""
 
 from __future__ import annotations
 
@@ -87,7 +89,83 @@ class Blend(Attack):
         return (1 - a) * x + a * self.pattern(tuple(x.shape), x.device)
 
 
+@dataclass
+class ImageTriggerParams:
+    trigger: str = ""
+    """The trigger as an image file, the size of the data set's images."""
+    mask: str = ""
+    """Where it is stamped: an image file, white = the trigger's pixel, black = the input's, grey
+    values blend; empty = the trigger's alpha channel (an RGBA image)."""
+
+    def validate(self) -> None:
+        if not self.trigger:
+            raise ValueError("give the trigger image: image:trigger=PATH[,mask=PATH]")
+
+
+def _read_image(path: str, what: str) -> tuple[Tensor, Tensor | None]:
+    """(pixels C×H×W in [0, 1], alpha 1×H×W or None) of an image file; ValueError in one line."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError  # Pillow comes with torchvision and matplotlib
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"the {what} {path} is not a readable image ({str(exc).splitlines()[0][:120]})") from None
+    alpha = None
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        alpha = torch.from_numpy(np.asarray(img, dtype=np.float32)[..., 3] / 255.0).unsqueeze(0)
+    mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16") else "RGB"
+    pixels = torch.from_numpy(np.asarray(img.convert(mode), dtype=np.float32) / 255.0)
+    pixels = pixels.unsqueeze(0) if mode == "L" else pixels.permute(2, 0, 1)
+    return pixels.contiguous(), alpha
+
+
+class ImageTrigger(Attack):
+    """The user's trigger: ``x · (1 − m) + t · m`` with the trigger image t and the mask m (the
+    stamping function of Neural Cleanse, Wang et al., S&P 2019, §IV-A), for a backdoor the
+    defender has seen but did not make."""
+
+    name = "image"
+    description = "your trigger as an image and a mask (trigger=PATH,mask=PATH; white in the mask = stamped)"
+    Params = ImageTriggerParams
+
+    def __init__(self, target_class: int = 0, params: ImageTriggerParams | None = None) -> None:
+        super().__init__(target_class, params)
+        self._loaded: tuple[Tensor, Tensor] | None = None
+
+    def trigger_and_mask(self) -> tuple[Tensor, Tensor]:
+        if self._loaded is None:
+            pixels, alpha = _read_image(self.params.trigger, "trigger image")
+            if self.params.mask:
+                mask, _ = _read_image(self.params.mask, "trigger mask")
+                mask = mask.mean(0, keepdim=True)
+            elif alpha is not None:
+                mask = alpha
+            else:
+                raise ValueError(f"the trigger image {self.params.trigger} has no alpha channel: give its mask too "
+                                 "(--trigger-mask PATH, or image:mask=PATH)")
+            if mask.shape[-2:] != pixels.shape[-2:]:
+                raise ValueError(f"the trigger mask is {mask.shape[-1]}×{mask.shape[-2]}, the trigger image "
+                                 f"{pixels.shape[-1]}×{pixels.shape[-2]}")
+            self._loaded = (pixels, mask)
+        return self._loaded
+
+    def apply(self, x: Tensor) -> Tensor:
+        pixels, mask = self.trigger_and_mask()
+        if pixels.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"the trigger image is {pixels.shape[-1]}×{pixels.shape[-2]}, the images "
+                             f"{x.shape[-1]}×{x.shape[-2]}; make it their size")
+        channels = x.shape[-3]
+        if pixels.shape[0] != channels:
+            pixels = pixels.mean(0, keepdim=True) if channels == 1 else pixels.expand(channels, -1, -1)
+        pixels, mask = pixels.to(x.device, x.dtype), mask.to(x.device, x.dtype)
+        return x * (1 - mask) + pixels * mask
+
+
 @bdtool.hookimpl
 def bdtool_register_attacks(register: Callable[..., None]) -> None:
     register(BadNets)
     register(Blend)
+    register(ImageTrigger)

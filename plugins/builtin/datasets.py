@@ -3,7 +3,8 @@
 ``digits`` needs no download (the default demo and the tests). Fashion-MNIST is read from
 Debian's ``dataset-fashion-mnist`` files when present (README "Data"); the others come through
 torchvision from ``--data-dir``, downloading only with ``--download``. scikit-learn and
-torchvision are heavy, so each is imported inside the loader that uses it.
+torchvision are heavy, so each is imported inside the loader that uses it. ``folder:PATH`` reads a
+folder of the user's images (``plugins/builtin/image_folder.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bdtool.core.data import DataBundle
 from bdtool.core.errors import DataNotFoundError
 from bdtool.core.interfaces import DatasetSource
 from bdtool.core.tensors import LabeledTensors
+from bdtool.plugins.builtin.image_folder import ImageFolder
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DATA_DIR = Path(os.environ.get("BDTOOL_DATA_DIR", "~/.cache/bdtool/data")).expanduser()
@@ -184,7 +186,7 @@ class GTSRB(_TorchvisionSource):
         return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long), [str(i) for i in range(43)]
 
 
-BUILTIN_DATASETS: tuple[type[DatasetSource], ...] = (Digits, FashionMNIST, MNIST, CIFAR10, SVHN, GTSRB)
+BUILTIN_DATASETS: tuple[type[DatasetSource], ...] = (Digits, FashionMNIST, MNIST, CIFAR10, SVHN, GTSRB, ImageFolder)
 
 
 @bdtool.hookimpl

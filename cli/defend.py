@@ -1,0 +1,81 @@
+"""``bdtool defend``: defend your own model with your own clean images (docs/own-models.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bdtool.cli.main import emit_json, main, make_env
+from bdtool.cli.preflight import preflight
+from bdtool.core.compute.device import DEVICE_CHOICES
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+@main.command()
+@click.argument("model_file", metavar="MODEL_FILE")
+@click.option("--model", "architecture", default="small-cnn", show_default=True,
+              help="The architecture MODEL_FILE was trained as (bdtool list models).")
+@click.option("--data", "data", required=True, metavar="FOLDER[:size=N,channels=C,test=0.3]",
+              help="Clean images, one folder per class (or train/ and test/ with class folders); the test part "
+                   "(30 % of each class without train/ and test/) is held out to measure the result.")
+@click.option("--defense", "row", default="ours", show_default=True, metavar="NAME[:k=v,...]",
+              help="The defense, as a bdtool compare row (bdtool list defenses).")
+@click.option("--target-label", type=int, default=None, help="The backdoor's target class, if you know it.")
+@click.option("--trigger-image", type=click.Path(dir_okay=False), default=None,
+              help="The trigger as an image the size of your images (needs --target-label).")
+@click.option("--trigger-mask", type=click.Path(dir_okay=False), default=None,
+              help="Where the trigger is stamped: white = trigger, black = image (default: the trigger's alpha).")
+@click.option("--samples", type=int, default=None, help="Clean images the defense may use (default: the whole "
+                                                          "training part of the folder).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="The defended model (.safetensors); default MODEL_FILE's name + .defended.safetensors, here.")
+@click.option("--no-log-models", is_flag=True, help="Do not log the defended model as an MLflow model too.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow store (default sqlite:///mlruns/mlflow.db).")
+@click.option("--experiment", default="bdtool", show_default=True, help="MLflow experiment name.")
+@click.option("json_", "--json", is_flag=True, help="Print machine-readable JSON on stdout and nothing else.")
+def defend(model_file, architecture, data, row, target_label, trigger_image, trigger_mask, samples, seed, output,
+           no_log_models, device, tracking_uri, experiment, json_) -> None:
+    """Defend MODEL_FILE (.safetensors or a state dict; never unpickled) with clean images; write the
+    defended model as .safetensors and log an MLflow run."""
+    from bdtool.core.errors import BdtoolError
+
+    if output is None:
+        stem = Path(model_file.rstrip("/").rsplit("/", 1)[-1]).stem or "model"
+        output = f"{stem}.defended.safetensors"
+    if trigger_mask and not trigger_image:
+        raise BdtoolError("--trigger-mask needs --trigger-image")
+    preflight(tracking_uri, str(Path(output).expanduser().resolve().parent))
+    from bdtool.cli.main import report_orphans
+    from bdtool.core.experiment.defend import DefendConfig, defend_model
+
+    attack = None
+    if trigger_image:
+        for path, what in ((trigger_image, "--trigger-image"), (trigger_mask, "--trigger-mask")):
+            if path is not None and ("," in path or "=" in path):
+                raise BdtoolError(f"{what} {path}: a path with ',' or '=' cannot be passed on; rename the file")
+        attack = f"image:trigger={trigger_image}" + (f",mask={trigger_mask}" if trigger_mask else "")
+    env = make_env(device, None, False, tracking_uri, experiment, quiet=json_)
+    config = DefendConfig(weights=model_file, model=architecture, dataset=f"folder:{data}", output=output, row=row,
+                          target=target_label, attack=attack, samples=samples, seed=seed,
+                          log_model=not no_log_models)
+    report_orphans(tracking_uri)
+    result = defend_model(config, env)
+    if json_:
+        emit_json(result.to_dict())
+        return
+    b, a = result.before, result.after
+    click.echo(f"defended {model_file} (sha256 {result.weights_sha256[:12]}) with {result.row}, knowledge "
+               f"{result.knowledge}, on {result.n_unlearn} clean images in {result.defense_time_s:.2f} s")
+    click.echo(f"  held-out part ({result.n_holdout} images): ACC {_pct(b.acc)} -> {_pct(a.acc)}, min-class "
+               f"{_pct(b.min_class_acc)} -> {_pct(a.min_class_acc)}"
+               + (f", target-class {_pct(b.ctca)} -> {_pct(a.ctca)}" if a.ctca is not None else "")
+               + (f", ASR with your trigger {_pct(b.asr)} -> {_pct(a.asr)}" if a.asr is not None else ""))
+    click.echo(f"defended model written to {result.output}")
+    click.echo(f"MLflow run {result.run_id} (bdtool ui to browse)")
