@@ -167,7 +167,7 @@ def reverse_engineer(model: nn.Module, data: LabeledTensors, target: int, p: Neu
             opt.step()
             hits += int((logits.argmax(1) == target).sum())
             seen += len(xb)
-            regs.append(float(reg))
+            regs.append(float(reg.detach()))
         success = hits / seen
         reg_mean = sum(regs) / len(regs)
         if success >= p.attack_success and reg_mean < best_l1:

@@ -10,7 +10,6 @@ field's defenses").
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -48,6 +47,11 @@ def logger():
             steps.setdefault(key, {})[step] = value
 
     return logged, steps, log
+
+
+def clean_removal(result, before) -> bool:
+    """The backdoor is gone (ASR ≤ 10 %) and the accuracy kept (at most 5 points lost)."""
+    return result.asr <= 0.1 and result.acc >= before.acc - 0.05
 
 
 def run(name: str, victim, make_context, n: int, seed: int = 0, **options: str):
@@ -139,13 +143,14 @@ def test_fp_refuses_a_model_without_convolutions(make_context):
 
 @pytest.mark.slow
 def test_fp_does_not_remove_the_digits_backdoor_at_n50(digits_victim, make_context):
-    """Liu et al. (§6) remove BadNets backdoors with Fine-Pruning. Measured here (docs/baselines.md):
-    with D_U of 50 digits the pruning stops after a third of the 64 channels (D_U's accuracy
-    falls) and fine-tuning leaves most of the backdoor. If this starts failing, the defense got
-    better: update the docs."""
+    """Liu et al. (§6) remove BadNets backdoors with Fine-Pruning. Measured here (docs/baselines.md,
+    "The field's defenses"): with D_U of 50 digits the pruning stops after about a third of the
+    64 channels (D_U's accuracy falls) and fine-tuning leaves the backdoor (ASR 86-99 % over 3
+    seeds). If this starts failing, the defense got better: update the docs."""
     _, result, logged, _, _, _ = run("fp", digits_victim, make_context, 50)
-    assert result.acc >= digits_victim.before.acc - 0.05
-    assert result.asr > 0.5, f"Fine-Pruning now removes the backdoor (ASR {result.asr:.3f}): update docs/baselines.md"
+    assert 0 < logged["fp.pruned_channels"] < 64
+    assert result.acc >= digits_victim.before.acc - 0.05  # it keeps the accuracy ...
+    assert not clean_removal(result, digits_victim.before), f"Fine-Pruning now removes it (ASR {result.asr:.3f})"
 
 
 # --------------------------------------------------------------------------- Neural Cleanse
@@ -212,48 +217,68 @@ def test_anp_threshold_zero_prunes_nothing(digits_victim, make_context):
         assert torch.equal(model.state_dict()[key], value), key
 
 
+@pytest.mark.slow
+def test_anp_does_not_remove_the_digits_backdoor_at_n50(digits_victim, make_context):
+    """Wu & Wang (§4) bring BadNets' ASR near 0 with ANP's defaults on 500 clean CIFAR-10 images.
+    Measured here (docs/baselines.md): 2000 iterations on 50 digits prune 17-24 % of the BN
+    neurons and leave ASR 62-95 % (3 seeds), accuracy kept. If this starts failing, update the
+    docs."""
+    _, result, logged, _, _, _ = run("anp", digits_victim, make_context, 50)
+    assert logged["anp.pruned_neurons"] > 0
+    assert result.acc >= digits_victim.before.acc - 0.05
+    assert not clean_removal(result, digits_victim.before), f"ANP now removes it (ASR {result.asr:.3f})"
+
+
 # --------------------------------------------------------------------------- I-BAU
 
 
-def test_ibau_hypergradient_matches_the_closed_form_on_a_linear_model():
-    """On a linear model the fixed-point iteration solves v = (∂Φ/∂δ)ᵀv + ∂L_o/∂δ exactly in the
-    limit; with many iterations it matches the linear solve (I − J)ᵀ v = g."""
+def test_ibau_hypergradient_is_the_fixed_point_formula():
+    """The hypergradient set on each parameter is ∂L_o/∂θ + (∂Φ/∂θ)ᵀ v with v the K-step
+    fixed-point iterate v_K = Σ_{k<K} (Jᵀ)^k ∂L_o/∂δ, J = ∂Φ/∂δ (I-BAU's Algorithm 1 with the
+    hypertorch fixed-point method), here checked against J built explicitly on a linear model."""
     from bdtool.defenses.ibau import IBAU
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     x, y = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
     delta = torch.randn(1, 1, 2, 2) * 0.1
-    ibau = IBAU(IBAU.make_params({"K": "200", "portion": "0.5"}))
+    ibau = IBAU(IBAU.make_params({"portion": "0.5"}))
     params = list(model.parameters())
-    inner = lambda d: -nn.functional.cross_entropy(model(x + d), y) + ibau.params.reg * d.pow(2).sum()  # noqa: E731
-    gen = torch.Generator().manual_seed(3)
-    ibau.hypergradient(model, params, delta, x, y, inner, gen)
+
+    def inner(d):
+        return -nn.functional.cross_entropy(model(x + d), y) + ibau.params.reg * d.pow(2).sum()
+
+    ibau.hypergradient(model, params, delta, x, y, inner, torch.Generator().manual_seed(3))
     got = [p.grad.clone() for p in params]
 
-    # The same chosen images, by replaying the generator; J and g by autograd, v by a linear solve.
+    # The same patched images (the generator replayed); J by autograd; v by the series.
     chosen = torch.randperm(6, generator=torch.Generator().manual_seed(3))[:3]
     patch = torch.zeros_like(x)
     patch[chosen] = 1.0
     d = delta.clone().requires_grad_(True)
-    outer = nn.functional.cross_entropy(model(x + patch * d), y)
-    g_d, *g_p = torch.autograd.grad(outer, [d, *params])
-    phi = lambda dd: (dd - ibau.params.inner_lr * torch.autograd.grad(inner(dd), [dd], create_graph=True)[0])  # noqa: E731
-    jac = torch.autograd.functional.jacobian(lambda dd: phi(dd.view_as(d)).flatten(), d.detach().flatten().requires_grad_(True))
-    v = torch.linalg.solve((torch.eye(4) - jac).T, g_d.flatten()).view_as(d)
+    g_d, *g_p = torch.autograd.grad(nn.functional.cross_entropy(model(x + patch * d), y), [d, *params])
+
+    def phi(dd):
+        return dd - ibau.params.inner_lr * torch.autograd.grad(inner(dd), [dd], create_graph=True)[0]
+
+    jac = torch.autograd.functional.jacobian(lambda flat: phi(flat.view_as(d)).flatten(), d.detach().flatten())
+    v = torch.zeros(4)
+    for _ in range(ibau.params.K):
+        v = jac.T @ v + g_d.flatten()
     dd = d.detach().clone().requires_grad_(True)
-    implicit = torch.autograd.grad(phi(dd), params, grad_outputs=v)
+    implicit = torch.autograd.grad(phi(dd), params, grad_outputs=v.view_as(d))
     for mine, gp, imp in zip(got, g_p, implicit):
-        assert torch.allclose(mine, gp + imp, atol=1e-5), (mine, gp + imp)
-    assert any(not torch.allclose(imp, torch.zeros_like(imp)) for imp in implicit)  # the implicit term is there
+        assert torch.allclose(mine, gp + imp, atol=1e-6), (mine, gp + imp)
+    assert any(imp.abs().max() > 1e-6 for imp in implicit)  # the implicit term is there
 
 
 @pytest.mark.slow
-def test_ibau_does_not_remove_the_digits_backdoor_at_n50(digits_victim, make_context):
-    """Zeng et al. (§5) remove BadNets with I-BAU's defaults on 5000 clean samples (50 batches ×
-    5 rounds = 250 outer steps). With 50 samples the same defaults take 5 outer steps, which
-    leave the backdoor in place (docs/baselines.md). If this starts failing, update the docs."""
-    _, result, logged, steps, _, _ = run("ibau", digits_victim, make_context, 50)
-    assert len(steps["ibau.outer_loss"]) == 5
-    assert result.asr > 0.5, f"I-BAU now removes the backdoor (ASR {result.asr:.3f}): update docs/baselines.md"
-    assert math.isfinite(logged["ibau.pert_norm"])
+def test_ibau_does_not_remove_the_digits_backdoor_cleanly_at_n50(digits_victim, make_context):
+    """Zeng et al. (§5) remove BadNets with I-BAU's defaults on held-out clean data (many batches
+    per round). With 50 samples the same defaults take 5 outer steps: over 3
+    seeds the backdoor stays (ASR 100 %) or goes with the accuracy (ACC 68-85 %, CTCA 33-44 %;
+    docs/baselines.md). No seed gives a clean removal; if one does, update the docs."""
+    for seed in range(3):
+        _, result, _, steps, _, _ = run("ibau", digits_victim, make_context, 50, seed=seed)
+        assert len(steps["ibau.outer_loss"]) == 5
+        assert not clean_removal(result, digits_victim.before), f"seed {seed}: I-BAU now removes it cleanly"
