@@ -248,7 +248,6 @@ class NeuralCleanse(Defense):
         ctx.log_metric("nc.smallest_norm_class", float(smallest), None)
         ctx.log_metric("nc.detected_class", float(detection.detected if detection.detected is not None else -1), None)
         ctx.log_metric("nc.flagged_classes", float(len(detection.flagged)), None)
-        self.detection = detection
         if detection.detected is None:
             return model.eval()  # no backdoor detected: NC leaves the model as it is
         data = unlearning_set(ctx.unlearn, triggers[detection.detected], p.unlearning_ratio, ctx.seed)
