@@ -101,7 +101,7 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
 @click.option("defenses", "--defense", multiple=True, metavar="NAME[:k=v,...]",
               help="A row: defense name with params; reserved keys knowledge=trigger|target|none (bdk=true|false "
                    "are aliases of trigger|none) and repair=<lr> or repair=NAME:<lr>. Repeatable. Default: the null "
-                   "row suppress-target, ours under each knowledge, ours:repair=0.01 and every baseline.")
+                   "row suppress-target, ours under each knowledge, ours:repair=0.01 and every baseline (not the slower fp, anp, nc, ibau: name them).")
 @click.option("samples", "--samples", multiple=True, type=int, help="Unlearning set size n; repeatable. Default 50.")
 @click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per (row, n); results are mean ± std.")
 @click.option("--knowledge", type=click.Choice(["trigger", "target", "none", "bdk"]), default="trigger",

@@ -149,7 +149,7 @@ def _component_row(attr: str, entry, plugin_info: dict[str, Any] | None = None) 
         row.update(label=obj.label, requires_trigger=obj.requires_trigger, accepts_trigger=obj.accepts_trigger,
                    requires_knowledge=obj.required_knowledge().value,
                    usable_knowledge=[k.value for k in obj.usable_knowledge()],
-                   default_rows=list(obj.default_rows or (entry.name,)))
+                   default_rows=list(obj.default_rows or (entry.name,)) if obj.in_default_comparison else [])
     if attr in ("defenses", "attacks", "repairs"):
         row["params"] = params_to_dict(obj.Params())
     if attr == "metrics":

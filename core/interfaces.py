@@ -171,6 +171,9 @@ class Defense(_Parametrised, ABC):
     empty = just its name. The core never names a defense: each declares its own rows."""
     row_order: ClassVar[int] = 100
     """Where its rows go in the default comparison (lower first, then by name)."""
+    in_default_comparison: ClassVar[bool] = True
+    """False: a plain ``bdtool compare`` (no ``--defense``) leaves this defense out; it runs only
+    when a row names it (e.g. a defense too slow for the default comparison)."""
 
     @classmethod
     def required_knowledge(cls) -> Knowledge:

@@ -15,7 +15,7 @@ from bdtool.core.experiment.evaluation import evaluate
 from bdtool.plugins import get_registries
 
 DEFENSES = get_registries().defenses.names()
-FAST = {"epochs": 2, "teacher_epochs": 1}
+FAST = {"epochs": 2, "teacher_epochs": 1, "iterations": 20, "reverse_epochs": 2, "rounds": 1}
 """Shorter runs where a defense has these fields (keeps the contract tests fast)."""
 
 

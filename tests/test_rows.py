@@ -153,8 +153,11 @@ def test_malformed_rows_are_refused(regs, text):
 def test_default_row_texts_list_every_registered_defense(regs):
     texts = default_row_texts(regs)
     names = [t.partition(":")[0] for t in texts]
-    assert set(names) == set(regs.defenses.names())
+    assert set(names) == {e.name for e in regs.defenses if e.obj.in_default_comparison}
+    assert {"fp", "anp", "nc", "ibau"}.isdisjoint(names)  # too slow for the default comparison (docs/baselines.md)
     for entry in regs.defenses:
+        if not entry.obj.in_default_comparison:
+            continue
         declared = entry.obj.default_rows or (entry.name,)
         assert [t for t in texts if t.partition(":")[0] == entry.name] == list(declared), entry.name
     orders = [regs.defenses.get(n).row_order for n in names]

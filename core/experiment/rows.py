@@ -157,10 +157,12 @@ def parse_row(text: str, default_knowledge: Knowledge, registries) -> RowSpec:
 
 def default_row_texts(registries) -> list[str]:
     """Every defense's declared ``default_rows`` (its name if it declares none), ordered by
-    ``row_order`` then name. Rows asking for a repair are left out when no default repair exists."""
+    ``row_order`` then name; defenses with ``in_default_comparison = False`` are left out. Rows asking for a repair are left out when no default repair exists."""
     texts: list[str] = []
     has_repair = any(entry.obj.is_default for entry in registries.repairs)
     for entry in sorted(registries.defenses, key=lambda e: (e.obj.row_order, e.name)):
+        if not entry.obj.in_default_comparison:
+            continue
         for text in entry.obj.default_rows or (entry.name,):
             if "repair=" in text and not has_repair:
                 continue
