@@ -177,7 +177,7 @@ LEARNED = [("wanet", ("s", "1.0"), 0.1), ("lc", ("size", "3"), 0.5)]
 @pytest.mark.slow
 @pytest.mark.parametrize("name,option,rate", LEARNED, ids=[n for n, _, _ in LEARNED])
 def test_a_digits_victim_learns_the_trigger(name, option, rate, run_env, clean_victim):
-    options = (option, ("eps", str(32 / 255))) if name == "lc" else (option,)
+    options = (option, ("eps", "0.1255")) if name == "lc" else (option,)
     victim = get_victim(VictimSpec(attack=name, attack_options=options, poison_rate=rate), run_env)
     assert victim.before.asr > 0.5, victim.before
     assert victim.before.acc > clean_victim.before.acc - 0.03
