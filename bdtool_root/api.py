@@ -34,6 +34,7 @@ from bdtool.core.experiment.evaluation import accuracy, predict
 from bdtool.core.experiment.sweeps import Sweep
 from bdtool.core.interfaces import (
     Attack,
+    AttackContext,
     DatasetSource,
     Defense,
     DefenseContext,
@@ -41,6 +42,7 @@ from bdtool.core.interfaces import (
     Metric,
     MetricLogFn,
     ModelArchitecture,
+    Poisoning,
     ProgressFn,
     Repair,
 )
@@ -54,6 +56,8 @@ __all__ = [
     "Attack", "Defense", "Repair", "Metric", "DatasetSource", "ModelArchitecture", "Sweep",
     # what a defense receives and returns
     "DefenseContext", "Knowledge", "LabeledTensors", "DataBundle", "EvalResult", "ProgressFn", "MetricLogFn",
+    # what an attack receives and returns when it poisons (docs/attacks.md)
+    "AttackContext", "Poisoning",
     # errors (a user mistake: one line, non-zero exit)
     "BdtoolError", "DefenseInputError", "InvalidParameterError", "DataNotFoundError", "UnknownNameError",
     "DuplicateNameError", "UnsafeModelFileError",

@@ -36,7 +36,7 @@ victim_options = _stack(
     click.option("--model", default="small-cnn", show_default=True, help="Model architecture name."),
     click.option("--attack", default="badnets", show_default=True, help="Attack name, optionally NAME:k=v,..."),
     click.option("--target", default=0, show_default=True, type=int, help="Backdoor target class."),
-    click.option("--poison-rate", default=0.05, show_default=True, type=float, help="Share of the training set poisoned."),
+    click.option("--poison-rate", default=0.05, show_default=True, type=float, help="Share poisoned: of the training set (dirty-label attacks) or of the target class (clean-label sig, lc; docs/attacks.md)."),
     click.option("--victim-seed", default=0, show_default=True, type=int, help="Seed of the victim's poisoning and training."),
     click.option("--epochs", type=int, default=None, help="Victim training epochs (default: the dataset's recipe)."),
 )

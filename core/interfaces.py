@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 import torch
 from torch import Tensor, nn
 
-from bdtool.core.errors import DefenseInputError
+from bdtool.core.errors import BdtoolError, DefenseInputError
 from bdtool.core.params import build_params, params_to_dict
 from bdtool.core.tensors import LabeledTensors
 
@@ -51,10 +51,50 @@ class _Parametrised:
 # --------------------------------------------------------------------------- attacks
 
 
+@dataclass
+class Poisoning:
+    """What an attack did to a training set (``Attack.poison``).
+
+    ``poisoned_indices`` carry the backdoor (what the oracle retraining drops);
+    ``noise_indices`` were changed by the attack without carrying it and keep their labels (WaNet's
+    noise mode); every other sample is untouched.
+    """
+
+    data: LabeledTensors
+    poisoned_indices: Tensor
+    noise_indices: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+
+
+@dataclass
+class AttackContext:
+    """What an attack may use when it poisons (``Attack.prepare``), handed over by the victim
+    pipeline; never the evaluation half.
+
+    ``clean_model()`` returns a model of the victim's dataset, architecture, recipe and seed trained
+    on the *unpoisoned* training set (label-consistent attacks perturb against it). It is trained
+    on first call only, cached in the store like a victim (poison rate 0) and its time logged."""
+
+    num_classes: int
+    seed: int
+    device: torch.device
+    clean_model: Callable[[], nn.Module]
+    progress: "ProgressFn" = field(default_factory=lambda: _no_progress)
+
+
 class Attack(_Parametrised, ABC):
-    """A backdoor attack: a trigger stamped on images and a target class."""
+    """A backdoor attack: a trigger stamped on images and a target class.
+
+    ``apply`` is the trigger as the attacker uses it at test time (ASR, and what trigger-knowing
+    defenses stamp); ``poison`` is what the attack does to the training set, by default the
+    dirty-label protocol of BadNets (Gu et al. 2017): a share of the non-target images stamped with
+    ``apply`` and relabelled to the target. Clean-label attacks override ``poison``; an attack that
+    needs something at poisoning time (a clean model) gets it in ``prepare``.
+    """
 
     description: ClassVar[str] = ""
+    poison_rate_of: ClassVar[str] = "training set"
+    """What ``--poison-rate`` is a share of: ``"training set"`` (dirty-label attacks) or
+    ``"target class"`` (clean-label attacks, as their papers count it)."""
 
     def __init__(self, target_class: int = 0, params: Any | None = None) -> None:
         super().__init__(params)
@@ -63,6 +103,37 @@ class Attack(_Parametrised, ABC):
     @abstractmethod
     def apply(self, x: Tensor) -> Tensor:
         """Return a copy of the batch ``x`` (NCHW, values in [0,1]) with the trigger stamped."""
+
+    def prepare(self, train: LabeledTensors, ctx: AttackContext) -> None:
+        """Called once before ``poison`` when the poison rate is above 0; the default needs nothing."""
+        return None
+
+    def poison(self, data: LabeledTensors, rate: float, generator: torch.Generator) -> Poisoning:
+        """Dirty-label poisoning: ``round(rate * len(data))`` non-target images, drawn with
+        ``generator``, stamped with ``apply`` and relabelled to the target class."""
+        if not 0.0 <= rate < 1.0:
+            raise BdtoolError(f"poison rate must be in [0, 1), got {rate}")
+        candidates = torch.nonzero(data.y != self.target_class).flatten()
+        n_poison = int(round(rate * len(data)))
+        if n_poison > len(candidates):
+            raise BdtoolError(
+                f"poison rate {rate} needs {n_poison} non-target samples; only {len(candidates)} exist")
+        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:n_poison]].sort().values
+        x = data.x.clone()
+        y = data.y.clone()
+        if n_poison:
+            x[chosen] = self.apply(x[chosen])
+            y[chosen] = self.target_class
+        return Poisoning(LabeledTensors(x, y), chosen)
+
+    def target_class_share(self, data: LabeledTensors, rate: float, generator: torch.Generator) -> Tensor:
+        """For clean-label attacks: ``round(rate * n_target)`` target-class indices, drawn with
+        ``generator``, sorted (``rate`` in [0, 1] of the target class)."""
+        if not 0.0 <= rate <= 1.0:
+            raise BdtoolError(f"poison rate of a clean-label attack (a share of the target class) must be in [0, 1], got {rate}")
+        candidates = torch.nonzero(data.y == self.target_class).flatten()
+        n_poison = int(round(rate * len(candidates)))
+        return candidates[torch.randperm(len(candidates), generator=generator)[:n_poison]].sort().values
 
 
 # --------------------------------------------------------------------------- defenses

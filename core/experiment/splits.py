@@ -1,7 +1,9 @@
 """The data protocol (docs/architecture.md, "Data protocol").
 
-- Poisoned training set: ``rate`` of the *whole* training set, drawn among non-target samples,
-  is stamped with the trigger and relabelled to the target class; the indices are kept.
+- Poisoned training set: the attack's own ``Attack.poison``. Dirty-label attacks (the default):
+  ``rate`` of the *whole* training set, drawn among non-target samples, is stamped with the
+  trigger and relabelled to the target class; clean-label attacks (SIG, label-consistent) change
+  ``rate`` of the *target class* and keep every label. The indices are kept.
 - The test split is halved once (stratified, fixed seed) into the unseen pool, from which the
   unlearning set D_U is drawn, and the evaluation half, on which every metric is computed.
 - D_U of n samples is drawn from the pool, stratified: each class gets ⌊n·p_c⌋ samples and the
@@ -10,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 
 from bdtool.core.errors import BdtoolError
+from bdtool.core.interfaces import AttackContext, Poisoning
 from bdtool.core.tensors import LabeledTensors
 
 if TYPE_CHECKING:
@@ -28,28 +31,17 @@ TEST_SPLIT_SEED = 0
 """The test split is divided once, with this seed, so every experiment evaluates on the same half."""
 
 
-@dataclass
-class PoisonedSet:
-    data: LabeledTensors
-    poisoned_indices: Tensor  # int64 indices into data that carry the trigger
+PoisonedSet = Poisoning
+"""The poisoned training set (``Attack.poison``'s result; the old name, kept)."""
 
 
-def poison_training_set(data: LabeledTensors, attack: "Attack", rate: float, seed: int) -> PoisonedSet:
-    """Stamp and relabel ``rate`` of the training set, chosen among non-target samples."""
-    if not 0.0 <= rate < 1.0:
-        raise BdtoolError(f"poison rate must be in [0, 1), got {rate}")
-    candidates = torch.nonzero(data.y != attack.target_class).flatten()
-    n_poison = int(round(rate * len(data)))
-    if n_poison > len(candidates):
-        raise BdtoolError(f"poison rate {rate} needs {n_poison} non-target samples; only {len(candidates)} exist")
+def poison_training_set(data: LabeledTensors, attack: "Attack", rate: float, seed: int) -> Poisoning:
+    """The attack's own poisoning (``Attack.poison``) of ``data`` at ``rate``, drawn with a
+    generator seeded with ``seed``. Dirty-label attacks (the default) stamp and relabel ``rate`` of
+    the training set, chosen among non-target samples; clean-label attacks (``poison_rate_of ==
+    "target class"``) change ``rate`` of the target class and keep every label."""
     gen = torch.Generator().manual_seed(seed)
-    chosen = candidates[torch.randperm(len(candidates), generator=gen)[:n_poison]].sort().values
-    x = data.x.clone()
-    y = data.y.clone()
-    if n_poison:
-        x[chosen] = attack.apply(x[chosen])
-        y[chosen] = attack.target_class
-    return PoisonedSet(LabeledTensors(x, y), chosen)
+    return attack.poison(data, rate, gen)
 
 
 @dataclass(frozen=True)
@@ -110,6 +102,8 @@ class ExperimentData:
     pool: LabeledTensors
     evaluation: LabeledTensors
     num_classes: int
+    noise_indices: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    """Training samples the attack changed without the backdoor, labels kept (WaNet's noise mode)."""
 
     def clean_train(self) -> LabeledTensors:
         """The training set minus the poisoned samples (what retraining uses)."""
@@ -136,7 +130,12 @@ class ExperimentData:
         return draw
 
 
-def prepare_experiment(bundle: "DataBundle", attack: "Attack", rate: float, seed: int) -> ExperimentData:
+def prepare_experiment(bundle: "DataBundle", attack: "Attack", rate: float, seed: int,
+                       attack_context: AttackContext | None = None) -> ExperimentData:
+    """Poison the training set (after ``attack.prepare(train, attack_context)`` when ``rate`` > 0
+    and a context is given) and split the test set."""
+    if rate > 0 and attack_context is not None:
+        attack.prepare(bundle.train, attack_context)
     poisoned = poison_training_set(bundle.train, attack, rate, seed)
     split = split_test(bundle.test.y)
     return ExperimentData(
@@ -145,4 +144,5 @@ def prepare_experiment(bundle: "DataBundle", attack: "Attack", rate: float, seed
         pool=bundle.test.subset(split.pool_indices),
         evaluation=bundle.test.subset(split.eval_indices),
         num_classes=bundle.num_classes,
+        noise_indices=poisoned.noise_indices,
     )

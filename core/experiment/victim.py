@@ -25,7 +25,7 @@ from bdtool.core.experiment.evaluation import evaluate
 from bdtool.core.experiment.progress import ProgressPrinter
 from bdtool.core.experiment.splits import ExperimentData, prepare_experiment
 from bdtool.core.experiment.weights import fit_weights, read_weights
-from bdtool.core.interfaces import Attack, DatasetSource
+from bdtool.core.interfaces import Attack, AttackContext, DatasetSource
 from bdtool.core.results import EvalResult
 from bdtool.core.tracking import KIND_TAG, VICTIM_HASH_TAG
 from bdtool.core.tracking.locks import file_lock
@@ -99,6 +99,11 @@ class Victim:
     reused: bool
     train_seconds: float
     train_config: TrainConfig
+    poison_seconds: float = 0.0
+    """Wall time of the attack's poisoning (``prepare`` + ``poison``), the clean model's training
+    excluded; spent again when a cached victim is reused (the poisoned set is not stored)."""
+    clean: "Victim | None" = None
+    """The clean model the attack asked for at poisoning time (``AttackContext.clean_model``)."""
 
     def fresh_copy(self) -> nn.Module:
         return copy.deepcopy(self.model)
@@ -133,18 +138,29 @@ def load_dataset(name: str, env: RunEnv) -> DataBundle:
     return dataset_source(env.registries, name).load(env.data_dir, env.download)
 
 
+def clean_spec(spec: VictimSpec) -> VictimSpec:
+    """The clean reference of ``spec``: the same dataset, model, seed and recipe, nothing poisoned
+    (one cached model per such spec, whichever attack asks for it; see ``config_hash``)."""
+    return replace(spec, poison_rate=0.0)
+
+
 def config_hash(spec: VictimSpec, attack: Attack, train: TrainConfig, bundle: DataBundle,
                 weights_sha256: str | None = None) -> str:
-    """The victim's cache key. A folder data set's content digest (``bundle.fingerprint``) and
-    the SHA-256 of a user's weights enter it only when present, so the keys of every victim
-    trained before them are unchanged."""
+    """The victim's cache key: everything that determines the trained model (dataset and its
+    shape, model, attack and its params, target, poison rate, seed, recipe). At poison rate 0
+    nothing is poisoned, so the attack and target are left out: every attack shares one clean
+    model per recipe. A folder data set's content digest (``bundle.fingerprint``) and the SHA-256
+    of a user's weights enter it only when present, so the keys of every victim trained before
+    them are unchanged."""
+    if spec.poison_rate == 0:
+        spec = replace(spec, attack="", attack_options=(), target=0)
     payload = {
         "recipe_version": VICTIM_RECIPE_VERSION,
         "dataset": spec.dataset,
         "shape": [len(bundle.train), bundle.channels, bundle.image_size, bundle.num_classes],
         "model": spec.model,
         "attack": spec.attack,
-        "attack_params": attack.params_dict(),
+        "attack_params": attack.params_dict() if spec.attack else {},
         "target": spec.target,
         "poison_rate": spec.poison_rate,
         "seed": spec.seed,
@@ -200,7 +216,12 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
         attack.apply(bundle.test.x[:1])
     except ValueError as exc:
         raise BdtoolError(f"attack {spec.attack}: {exc}") from None
-    data = prepare_experiment(bundle, attack, spec.poison_rate, spec.seed)
+    clean = _CleanModel(spec, env, bundle)
+    attack_context = AttackContext(num_classes=bundle.num_classes, seed=spec.seed, device=env.device,
+                                   clean_model=clean, progress=env.progress)
+    start = time.perf_counter()
+    data = prepare_experiment(bundle, attack, spec.poison_rate, spec.seed, attack_context)
+    poison_seconds = time.perf_counter() - start - clean.seconds
     train_config = spec.train_config()
     if spec.source is not None:
         return _user_victim(spec, env, bundle, attack, data, train_config)
@@ -210,11 +231,32 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
     # logged run; a second process waits, then finds the run (docs/architecture.md, "Victims").
     lock = tracking.store.victim_lock_path(uri, digest)
     with file_lock(lock, on_wait=lambda: _notice(env, f"waiting for another bdtool process training victim {digest}")):
-        return _get_or_train(spec, env, retrain, bundle, attack, data, train_config, digest, uri)
+        victim = _get_or_train(spec, env, retrain, bundle, attack, data, train_config, digest, uri,
+                               poison_seconds, clean.victim)
+    return replace(victim, poison_seconds=poison_seconds, clean=clean.victim)
+
+
+class _CleanModel:
+    """``AttackContext.clean_model``: the clean reference victim (``clean_spec``), fetched from
+    the store or trained on the first call only; ``seconds`` is the wall time that call spent."""
+
+    def __init__(self, spec: VictimSpec, env: RunEnv, bundle: DataBundle) -> None:
+        self.spec, self.env, self.bundle = clean_spec(spec), env, bundle
+        self.victim: Victim | None = None
+        self.seconds = 0.0
+
+    def __call__(self) -> nn.Module:
+        if self.victim is None:
+            start = time.perf_counter()
+            self.env.progress.message("the attack needs a clean model at poisoning time")
+            self.victim = get_victim(self.spec, self.env, bundle=self.bundle)
+            self.seconds = time.perf_counter() - start
+        return self.victim.fresh_copy().eval()
 
 
 def _get_or_train(spec: VictimSpec, env: RunEnv, retrain: bool, bundle: DataBundle, attack: Attack,
-                  data: ExperimentData, train_config: TrainConfig, digest: str, uri: str) -> Victim:
+                  data: ExperimentData, train_config: TrainConfig, digest: str, uri: str,
+                  poison_seconds: float = 0.0, clean: "Victim | None" = None) -> Victim:
     import mlflow  # heavy: imported where a run is logged (core/tracking/store.py)
 
     cached = None if retrain else find_cached_run(digest)
@@ -236,12 +278,17 @@ def _get_or_train(spec: VictimSpec, env: RunEnv, retrain: bool, bundle: DataBund
     experiment_id = tracking.ensure_experiment(env.experiment, uri)  # only to log into (a copied store refuses)
     seed_everything(spec.seed)
     model = build_model(env.registries, spec.model, bundle)  # re-created under the seed
-    with tracking.tracked_run(experiment_id=experiment_id, run_name=f"victim {spec.dataset}/{spec.model}/{spec.attack}",
+    run_name = (f"clean {spec.dataset}/{spec.model}" if spec.poison_rate == 0 else
+                f"victim {spec.dataset}/{spec.model}/{spec.attack}")
+    with tracking.tracked_run(experiment_id=experiment_id, run_name=run_name,
                               tags={KIND_TAG: "victim", **tracking.standard_tags(env.device)}) as run:
         tracking.log_params_flat({
             "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
             "poison_rate": spec.poison_rate, "seed": spec.seed, "n_train": len(data.train),
             "n_poisoned": len(data.poisoned_indices), "n_pool": len(data.pool), "n_eval": len(data.evaluation),
+            "poison_rate_of": attack.poison_rate_of,
+            **({"n_noise": len(data.noise_indices)} if len(data.noise_indices) else {}),
+            **({"clean_model_run": clean.run_id, "clean_model_hash": clean.config_hash} if clean else {}),
             **{f"attack.{k}": v for k, v in attack.params_dict().items()},
             **{f"train.{k}": v for k, v in asdict(train_config).items()},
         })
@@ -265,9 +312,13 @@ def _get_or_train(spec: VictimSpec, env: RunEnv, retrain: bool, bundle: DataBund
         seconds = time.perf_counter() - start
         before = evaluate(model, data.evaluation, attack, bundle.num_classes, env.device)
         mlflow.log_metrics({"final_acc": before.acc, "final_asr": before.asr, "final_ctca": before.ctca,
-                            "final_min_class_acc": before.min_class_acc, "train_time_s": seconds})
+                            "final_min_class_acc": before.min_class_acc, "train_time_s": seconds,
+                            "poison_time_s": poison_seconds,
+                            **({"clean_model_acc": clean.before.acc,
+                                "clean_model_train_time_s": clean.train_seconds} if clean else {})})
         mlflow.log_dict(before.to_dict(), "evaluation.json")
-        mlflow.log_dict({"poisoned_indices": data.poisoned_indices.tolist()}, "poisoned_indices.json")
+        mlflow.log_dict({"poisoned_indices": data.poisoned_indices.tolist(),
+                         "noise_indices": data.noise_indices.tolist()}, "poisoned_indices.json")
         tracking.log_model(model, data.evaluation.x, "model")
         # The hash tag is set last: only a completely logged victim is ever found by the cache.
         mlflow.set_tag(VICTIM_HASH_TAG, digest)
