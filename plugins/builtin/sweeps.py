@@ -41,7 +41,15 @@ CLASS_PRESERVING_ROWS = ["suppress-target", "ours", "ours-proj", "ours-proj:rank
 (docs/method.md, "Class-preserving edit"); run once per data set and attack (``--dataset``,
 ``--attack``)."""
 
+FIELD_ROWS = ["suppress-target", "fp", "anp", "nc", "ibau", "basicft", "nad", "actft", "ours", "ours-proj"]
+"""The field's defenses (Fine-Pruning, ANP, Neural Cleanse, I-BAU; docs/baselines.md, "The field's
+defenses") beside the supplement's baselines, ours, ours-proj and the null row; run once per
+attack and data set (``--attack badnets|blend|sig|wanet|lc``, ``--dataset``; docs/attacks.md for
+each attack's recipe)."""
+
 SWEEPS: tuple[Sweep, ...] = (
+    Sweep("field", "the field's defenses (fp, anp, nc, ibau) beside the baselines, ours, ours-proj and the null row, "
+          "n = 50 and 500", FIELD_ROWS, [50, 500]),
     Sweep("class-preserving", "ours-proj (class-preserving edit) beside ours, actFT, NAD and the null row, n = 50",
           CLASS_PRESERVING_ROWS, [50]),
     Sweep("table7", "Table 7: every method at n = 5, 50, 500, 5000 (sizes above the pool are dropped)",
