@@ -31,22 +31,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 import bdtool
 from bdtool.core.compute.modules import ForwardCapture, check_finite, preserve_modes
-from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
+from bdtool.core.compute.training import metric_logger, train_loop
 from bdtool.core.experiment.evaluation import accuracy
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.tensors import LabeledTensors
 from bdtool.defenses._pruning import last_conv, silence_channels
+from bdtool.defenses._recipes import BackdoorBenchFinetuneParams
 
 
 @dataclass
-class FinePruningParams(SGDParams):
+class FinePruningParams(BackdoorBenchFinetuneParams):
     """Pruning tolerance and step, then the fine-tuning's SGD fields (see the module docstring for
     each default's source; momentum 0.9 is SGDParams')."""
 
@@ -56,11 +57,6 @@ class FinePruningParams(SGDParams):
     """Share of the last conv's channels pruned per step (rounded up to whole channels)."""
     finetune: bool = True
     """False: prune only (Liu et al.'s "pruning defense")."""
-    epochs: int = 100
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    schedule: Literal["cosine", "constant", "step"] = "cosine"
 
     def validate(self) -> None:
         super().validate()

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,16 +47,17 @@ from torch import Tensor, nn
 import bdtool
 from bdtool.core import interrupts
 from bdtool.core.compute.modules import check_finite, preserve_modes
-from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
+from bdtool.core.compute.training import metric_logger, train_loop
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.tensors import LabeledTensors
+from bdtool.defenses._recipes import BackdoorBenchFinetuneParams
 
 MAD_CONSISTENCY = 1.4826
 """Makes the MAD a consistent estimator of the standard deviation for normal data (NC §IV-C)."""
 
 
 @dataclass
-class NeuralCleanseParams(SGDParams):
+class NeuralCleanseParams(BackdoorBenchFinetuneParams):
     """Reverse-engineering and detection settings, then the unlearning's SGD fields (module
     docstring; momentum 0.9 is SGDParams')."""
 
@@ -72,11 +73,6 @@ class NeuralCleanseParams(SGDParams):
     anomaly_threshold: float = 2.0
     unlearning_ratio: float = 0.2
     """Share of D_U stamped with the reversed trigger (true labels kept) for the unlearning."""
-    epochs: int = 100
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    schedule: Literal["cosine", "constant", "step"] = "cosine"
 
     def validate(self) -> None:
         super().validate()
