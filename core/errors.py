@@ -48,3 +48,11 @@ class InvalidParameterError(BdtoolError):
 
 class DefenseInputError(BdtoolError):
     """A defense cannot run with the inputs it was given (said before it starts)."""
+
+
+def first_line(exc: BaseException, limit: int | None = 200) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none), cut to ``limit``
+    characters: how one-line errors quote the error they come from."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None else line[:limit]

@@ -229,7 +229,8 @@ def test_cli_resume_says_what_it_kept_and_ray_options_need_ray(mlflow_store, dig
 def test_a_signal_cancels_the_ray_tasks_and_ends_their_runs_killed(mlflow_store, digits_victim, tmp_path):
     import signal
     import subprocess
-    import time
+
+    from test_lifecycle import wait_for_running_defense
 
     experiment = "ray-signal"
     cmd = [sys.executable, "-m", "bdtool.cli", "compare", "--executor", "ray", "--defense", "basicft", "--samples",
@@ -239,16 +240,7 @@ def test_a_signal_cancels_the_ray_tasks_and_ends_their_runs_killed(mlflow_store,
                             cwd=tmp_path)
     client = MlflowClient(tracking_uri=mlflow_store)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"compare ended early ({proc.returncode}): {proc.communicate()[1]}"
-            exp = client.get_experiment_by_name(experiment)
-            if exp is not None and client.search_runs(
-                    [exp.experiment_id], "tags.`bdtool.kind` = 'defense' and attributes.status = 'RUNNING'"):
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("no defense run became RUNNING in time")
+        wait_for_running_defense(proc, mlflow_store, experiment, timeout=240)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=90)
     finally:

@@ -11,7 +11,7 @@ for both.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from bdtool.core.data import DataBundle
 from bdtool.core.experiment.tasks import RunOutcome, RunTask, TaskJob, run_task
@@ -59,7 +59,3 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
-
-
-def describe(executor: Any) -> str:
-    return getattr(executor, "name", type(executor).__name__)

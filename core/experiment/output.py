@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from bdtool.core.errors import BdtoolError
+from bdtool.core.errors import BdtoolError, first_line
 from bdtool.core.tracking.checks import write_probe
 from bdtool.core.tracking.store import ArtifactLogError
 
@@ -165,6 +165,5 @@ def log_summary_artifacts(local_dir: str | os.PathLike[str], artifact_path: str 
         raise ArtifactLogError(f"cannot log the summary to the artifact folder {where} ({_reason(exc)}); "
                                "make it writable (the comparison is marked FAILED)") from exc
     except MlflowException as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ArtifactLogError(f"cannot log the summary to {mlflow.get_artifact_uri(artifact_path)} ({first}); "
+        raise ArtifactLogError(f"cannot log the summary to {mlflow.get_artifact_uri(artifact_path)} ({first_line(exc, None)}); "
                                "check the tracking store (the comparison is marked FAILED)") from exc

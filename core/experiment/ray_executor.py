@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from bdtool.core import tracking
 from bdtool.core.data import DataBundle
-from bdtool.core.errors import BdtoolError
+from bdtool.core.errors import BdtoolError, first_line
 from bdtool.core.experiment.progress import ProgressPrinter
 from bdtool.core.experiment.tasks import RunOutcome, RunTask, TaskJob, run_task
 from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, get_victim
@@ -115,15 +115,14 @@ class RayExecutor:
                     warnings.simplefilter("ignore")
                     ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise BdtoolError(f"could not start or join Ray at {address or 'a local instance'}: {first[:200]}") \
-                    from None
+                raise BdtoolError(f"could not start or join Ray at {address or 'a local instance'}: "
+                                  f"{first_line(exc)}") from None
             finally:
                 _restore_signal_handlers(handlers)
             self._started = True
 
     def _options(self, device: Any) -> dict[str, Any]:
-        gpus = self.gpus_per_task if getattr(device, "type", str(device)) == "cuda" else 0
+        gpus = self.gpus_per_task if device.type == "cuda" else 0
         return {"num_cpus": self.cpus_per_task, "num_gpus": gpus, "max_retries": 0}
 
     def _worker_env(self, env: RunEnv) -> WorkerEnv:
@@ -191,7 +190,7 @@ class RayExecutor:
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            error = f"{type(exc).__name__}: {first_line(exc, 300)}"
             run_id = _end_open_runs(job, "FAILED", task=task, error=error)
             return RunOutcome(label=task.row.label, defense=task.row.defense_name, n=task.n, seed=task.seed,
                               knowledge=task.row.knowledge_label, status="FAILED", run_id=run_id, error=error)
@@ -211,7 +210,7 @@ class RayExecutor:
 
     def _slots(self, device: Any) -> int:
         resources = self._ray.cluster_resources()
-        if getattr(device, "type", str(device)) == "cuda":
+        if device.type == "cuda":
             return max(1, int(resources.get("GPU", 0) / self.gpus_per_task))
         return max(1, int(resources.get("CPU", 1) / self.cpus_per_task))
 

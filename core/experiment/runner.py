@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bdtool.core import interrupts, tracking
 from bdtool.core.errors import BdtoolError
-from bdtool.core.experiment.executor import Executor, LocalExecutor, describe
+from bdtool.core.experiment.executor import Executor, LocalExecutor
 from bdtool.core.experiment.output import log_summary_artifacts, publish
 from bdtool.core.experiment.report import Summary, aggregate, format_markdown, row_sizes, write_report
 from bdtool.core.experiment.resume import AUTO, COMPARISON_KEY_TAG, comparison_key, find_resume_point, split_tasks
@@ -133,7 +133,7 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
             run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
             tags={tracking.KIND_TAG: "comparison", tracking.VICTIM_RUN_TAG: victim.run_id,
                   tracking.VICTIM_HASH_TAG: victim.config_hash, COMPARISON_KEY_TAG: key,
-                  tracking.EXECUTOR_TAG: describe(executor), **tracking.standard_tags(env.device)},
+                  tracking.EXECUTOR_TAG: executor.name, **tracking.standard_tags(env.device)},
             on_error=record_failure, **start,
         ) as parent:
             if point is not None and tracking.ERROR_TAG in parent.data.tags:  # the try it resumes: no longer true

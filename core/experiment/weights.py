@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bdtool.core.errors import BdtoolError, UnsafeModelFileError
+from bdtool.core.errors import BdtoolError, UnsafeModelFileError, first_line
 from bdtool.core.tracking.serialization import SAFETENSORS_SUFFIX, file_sha256, load_weights
 
 MLFLOW_SCHEMES = ("runs:/", "models:/")
@@ -75,8 +75,7 @@ def _from_mlflow(source: str) -> Weights:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
         except (MlflowException, OSError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise BdtoolError(f"--victim {source}: cannot be read from the tracking store ({first}); "
+            raise BdtoolError(f"--victim {source}: cannot be read from the tracking store ({first_line(exc)}); "
                               "check the run id or model name and version, and --tracking-uri") from None
         inner = _weights_in(local, source) if local.is_dir() else local
         if inner is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bdtool.core.errors import BdtoolError, UnsafeModelFileError
+from bdtool.core.errors import BdtoolError, UnsafeModelFileError, first_line
 
 
 class DamagedModelFileError(BdtoolError):
@@ -52,11 +52,6 @@ def _refuse(path: Path, reason: str, hint: str = "") -> UnsafeModelFileError:
     return error
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
-
-
 def _check_tensors(path: Path, state: object) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise _refuse(path, "not a dict of tensors", "save the weights with torch.save(model.state_dict()) or "
@@ -73,7 +68,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: the unpickler can raise anything
         # (garbled files were seen to raise IndexError, KeyError, struct.error, UnicodeDecodeError, ...)
-        first = _first_line(exc)
+        first = first_line(exc, 160)
         text = str(exc)
         if "weights only load failed" in text.lower() or "weightsunpickler error" in text.lower():
             named = re.search(r"GLOBAL ([\w.]+)", text)
@@ -100,7 +95,7 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise _refuse(path, f"not a valid safetensors file: {_first_line(exc)}",
+        raise _refuse(path, f"not a valid safetensors file: {first_line(exc, 160)}",
                       "the file is damaged (truncated?) or not a safetensors file") from None
     return _check_tensors(path, state)
 

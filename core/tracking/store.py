@@ -31,7 +31,7 @@ from torch import nn
 import bdtool
 from bdtool.core import interrupts
 from bdtool.core.tracking.locks import file_lock
-from bdtool.core.errors import BdtoolError, UnsafeModelFileError
+from bdtool.core.errors import BdtoolError, UnsafeModelFileError, first_line
 from bdtool.core.tracking.serialization import DamagedModelFileError, file_sha256, load_state_dict, save_state_dict
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -280,7 +280,7 @@ def download_state_dict(run_id: str, name: str = "model") -> dict[str, torch.Ten
             try:
                 path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp))
             except (OSError, MlflowException) as exc:
-                raise DamagedModelFileError(run_id, f"{artifact} could not be downloaded ({_first_line(exc)})") from None
+                raise DamagedModelFileError(run_id, f"{artifact} could not be downloaded ({first_line(exc)})") from None
         expected = run.data.tags.get(state_dict_digest_tag(name))
         if expected and file_sha256(path) != expected:
             raise DamagedModelFileError(run_id, f"{artifact} differs from the SHA-256 digest recorded when it was logged")
@@ -407,11 +407,6 @@ def mark_damaged(run_id: str, reason: str) -> None:
     mlflow.MlflowClient().set_tag(run_id, DAMAGED_TAG, reason[:5000])
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
-
-
 def is_store_error(exc: BaseException) -> bool:
     """An error of the tracking store itself, not of the work: MLflow's own errors, the database's
     (SQLAlchemy, sqlite3), a server that stopped answering, or an artifact write that failed
@@ -450,4 +445,4 @@ class ArtifactLogError(BdtoolError):
 
 def store_error_line(exc: BaseException) -> str:
     """One line for a store error: its type and first line."""
-    return f"{type(exc).__name__}: {_first_line(exc)}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
