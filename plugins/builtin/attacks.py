@@ -16,6 +16,14 @@ from bdtool.core.interfaces import Attack
 Position = Literal["bottom-right", "bottom-left", "top-right", "top-left"]
 
 
+
+def checkerboard(h: int, w: int, device: torch.device | str | None = None) -> Tensor:
+    """A (1, H, W) black-and-white checkerboard, white at the top-left pixel (BadNets' checkerboard
+    patch; label-consistent's corner patches, Turner et al. 2019)."""
+    rows = torch.arange(h, device=device).view(-1, 1)
+    cols = torch.arange(w, device=device).view(1, -1)
+    return ((rows + cols) % 2 == 0).float().unsqueeze(0)
+
 @dataclass
 class BadNetsParams:
     size: int = 0
@@ -52,9 +60,7 @@ class BadNets(Attack):
         mask[:, top : top + s, left : left + s] = 1.0
         pattern = torch.ones(1, h, w, device=device)
         if self.params.pattern == "checkerboard":
-            rows = torch.arange(h, device=device).view(-1, 1)
-            cols = torch.arange(w, device=device).view(1, -1)
-            pattern = ((rows + cols) % 2 == 0).float().unsqueeze(0)
+            pattern = checkerboard(h, w, device)
         return mask, pattern
 
     def apply(self, x: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ import bdtool
 from bdtool.core.errors import BdtoolError
 from bdtool.core.interfaces import Attack, AttackContext, Poisoning
 from bdtool.core.tensors import LabeledTensors
+from bdtool.plugins.builtin.attacks import checkerboard
 
 
 @dataclass
@@ -76,10 +77,7 @@ class LabelConsistent(Attack):
         for top in (0, h - s):
             for left in (0, w - s):
                 mask[:, top:top + s, left:left + s] = 1.0
-        rows = torch.arange(h, device=device).view(-1, 1)
-        cols = torch.arange(w, device=device).view(1, -1)
-        pattern = ((rows + cols) % 2 == 0).float().unsqueeze(0)
-        return mask, pattern
+        return mask, checkerboard(h, w, device)
 
     def apply(self, x: Tensor) -> Tensor:
         mask, pattern = self.mask_and_pattern(tuple(x.shape), x.device)
