@@ -15,21 +15,39 @@ and applies it where the trigger lives, not to the classes:
    instead of averaged.
 3. Its top-r right singular vectors V (d × r) span the trigger's subspace (``rank``, default 1;
    or, with ``rank=0``, the smallest r whose singular values hold ``energy`` of ‖D‖²).
-4. The edit W ← W·(I − VVᵀ) removes that subspace from what the layer sees; it is a
-   multiplicative edit of W by a matrix (the paper's diagonal per-unit factors generalised), and
-   ``b ← b + W·VVᵀ·μ`` (μ the clean D_U's mean input) puts the clean mean back into the removed
-   directions, so clean inputs keep, on average, what those directions carried.
+4. The edit W ← W·(I − s·VVᵀ) removes (s = 1) or shrinks (s < 1) that subspace in what the
+   layer sees; it is a multiplicative edit of W by a matrix (the paper's diagonal per-unit factors
+   generalised), and ``b ← b + s·W·VVᵀ·μ`` (μ the clean D_U's mean input) puts the clean mean back
+   into the edited directions, so clean inputs keep, on average, what those directions carried.
+5. The strength s (``scale=search``, which ``auto`` means when the trigger is given; the
+   issue's "until the stamped D_U no longer goes to the target"): the smallest s of the grid
+   1/steps, 2/steps, …, 1 for which at most ``tolerance`` of the stamped non-target D_U is still
+   classified as the target. All candidates are scored in one
+   extra forward pass of the stamped D_U: a hook on the edited layer returns its output for every
+   s at once (the output is linear in s), so the layers after it see K·n rows.
 
-Cost: two forward passes over D_U and one SVD of an n × d matrix (measured against one forward
-pass in ``benchmarks/bench_activation_editing.py``). It needs the trigger: without it D is
-unknown (docs/method.md says what was measured there).
+Where the trigger comes from (the row's threat model, docs/method.md "Class-preserving edit"):
+
+- ``trigger``: the attack stamps D_U.
+- ``target`` (the target label only): Neural Cleanse's trigger search (``defenses/nc.py``, Wang et
+  al. 2019 §IV-C) for that one class gives a mask and pattern; D_U stamped with it stands in for
+  the real stamp.
+- ``none``: the search runs for every class and NC's MAD test (anomaly index > 2) names the
+  target; when no class is flagged the model is returned unchanged (``unflagged=keep``, NC's own
+  rule) or the smallest-norm class is used (``unflagged=smallest``).
+
+Cost: three forward passes over D_U and one SVD of an n × d matrix with the trigger (measured
+against one forward pass in ``benchmarks/bench_activation_editing.py``); the trigger search, when
+the trigger is unknown, is gradient descent on a mask (not on the model) and is logged apart as
+``ours-proj.search_seconds``.
 """
 
 from __future__ import annotations
 
 import difflib
+import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +57,7 @@ from bdtool.core.compute.modules import preserve_modes
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.defenses._trigger import stamp
+from bdtool.defenses.nc import NeuralCleanseParams, mad_outliers, reverse_engineer
 
 
 @dataclass
@@ -59,10 +78,46 @@ class SubspaceEditParams:
     restore_mean: bool = True
     """Put the clean D_U's mean back into the removed directions (through the bias); false
     projects them to zero."""
+    scale: str = "auto"
+    """The edit's strength s in W·(I − s·VVᵀ): ``search`` = the smallest s on the grid at which
+    the stamped D_U no longer goes to the target (module docstring, step 5); a number in (0, 1]
+    fixes it (1 = remove the subspace entirely, the first release of ``ours-proj``); ``auto`` =
+    ``search`` when the trigger is given and 1 when it was reverse-engineered, because a reversed
+    trigger's D_U leaves the target at a smaller s than the real trigger needs (digits Blend,
+    target label only: ASR 11 % with the search, 0 % with s = 1; docs/method.md)."""
+    scale_steps: int = 20
+    """With the search: the grid 1/steps, 2/steps, …, 1."""
+    tolerance: float = 0.0
+    """With the search: the share of the stamped non-target D_U allowed to still go to the target."""
+    search_epochs: int = 80
+    """Without the trigger: epochs of Neural Cleanse's trigger search per class (``nc``'s
+    ``reverse_epochs``; its other search settings are NC's defaults)."""
+    unflagged: Literal["keep", "smallest"] = "keep"
+    """Under ``none``, when NC's MAD test flags no class: ``keep`` the model unchanged (NC's rule)
+    or edit with the smallest-norm class's trigger."""
     batch_size: int = 1024
     """Forward-pass batch size (memory only)."""
 
+    def scale_value(self, trigger_given: bool) -> float | None:
+        """The fixed strength s, or None for the search (``search``, or ``auto`` with the trigger)."""
+        text = str(self.scale).strip().lower()
+        if text == "auto":
+            return None if trigger_given else 1.0
+        return None if text == "search" else float(text)
+
     def validate(self) -> None:
+        try:
+            fixed = self.scale_value(trigger_given=True)
+        except ValueError:
+            raise ValueError(f"scale must be auto, search or a number in (0, 1], got {self.scale!r}") from None
+        if fixed is not None and not 0.0 < fixed <= 1.0:
+            raise ValueError(f"scale must be auto, search or a number in (0, 1], got {self.scale!r}")
+        if self.scale_steps < 1:
+            raise ValueError(f"scale_steps must be >= 1, got {self.scale_steps}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        if self.search_epochs < 1:
+            raise ValueError(f"search_epochs must be >= 1, got {self.search_epochs}")
         if not 0.0 < self.energy <= 1.0:
             raise ValueError(f"energy must be in (0, 1], got {self.energy}")
         if self.rank < 0:
@@ -126,42 +181,174 @@ def trigger_subspace(diff: Tensor, energy: float, rank: int) -> Tensor:
     return vh[:r].T.contiguous()
 
 
+def edit_delta(layer: nn.Linear, basis: Tensor) -> Tensor:
+    """W·VVᵀ (out × d, float64): what the full projection takes out of the weights."""
+    return (layer.weight.double() @ basis) @ basis.T
+
+
 @torch.no_grad()
-def project_out(layer: nn.Linear, basis: Tensor, clean_mean: Tensor | None) -> None:
-    """W ← W·(I − VVᵀ) and, with ``clean_mean`` μ, b ← b + W·VVᵀ·μ (in place; float64 maths)."""
-    w = layer.weight.double()
-    removed = (w @ basis) @ basis.T  # W·VVᵀ
+def project_out(layer: nn.Linear, basis: Tensor, clean_mean: Tensor | None, scale: float = 1.0) -> None:
+    """W ← W·(I − s·VVᵀ) and, with ``clean_mean`` μ, b ← b + s·W·VVᵀ·μ (in place; float64 maths)."""
+    removed = scale * edit_delta(layer, basis)
     if clean_mean is not None:
         shift = removed @ clean_mean
         if layer.bias is None:
             raise DefenseInputError("ours-proj: the edited Linear layer has no bias to restore the clean mean "
                                     "into; use restore_mean=false")
         layer.bias.add_(shift.to(layer.bias.dtype))
-    layer.weight.copy_((w - removed).to(layer.weight.dtype))
+    layer.weight.copy_((layer.weight.double() - removed).to(layer.weight.dtype))
+
+
+@torch.no_grad()
+def predictions_per_scale(model: nn.Module, layer: nn.Linear, x: Tensor, basis: Tensor, clean_mean: Tensor | None,
+                          scales: list[float], device: torch.device, batch_size: int) -> Tensor:
+    """The classes (K × len(x), on the CPU) the model edited with each strength s of ``scales``
+    predicts for ``x`` — in one forward pass: a hook returns the layer's output for all K strengths,
+    stacked (K·b rows), which the per-sample layers after it carry through. A model whose later
+    layers are not per-sample (the rows do not come back as K·b) is scored with one pass per strength."""
+    delta = edit_delta(layer, basis)  # out × d
+    k = len(scales)
+    factors = torch.tensor(scales, dtype=torch.float64, device=delta.device).view(k, 1, 1)
+
+    def fork(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        a = inputs[0].double()
+        moved = a - clean_mean if clean_mean is not None else a
+        change = moved @ delta.T  # b × out: what s = 1 takes away from this batch's output
+        return (output.double().unsqueeze(0) - factors * change.unsqueeze(0)).flatten(0, 1).to(output.dtype)
+
+    chunks: list[Tensor] = []
+    with preserve_modes(model):
+        model.eval()
+        handle = layer.register_forward_hook(fork)
+        try:
+            for start in range(0, len(x), batch_size):
+                xb = x[start:start + batch_size].to(device, non_blocking=True)
+                logits = model(xb)
+                if logits.shape[0] != k * len(xb):
+                    chunks = []
+                    break
+                chunks.append(logits.view(k, len(xb), -1).argmax(-1).cpu())
+        finally:
+            handle.remove()
+        if chunks:
+            return torch.cat(chunks, dim=1)
+        original = (layer.weight.detach().clone(), None if layer.bias is None else layer.bias.detach().clone())
+        per_scale = []
+        for s in scales:
+            project_out(layer, basis, clean_mean, s)
+            per_scale.append(torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+                                        for i in range(0, len(x), batch_size)]))
+            layer.weight.copy_(original[0])
+            if original[1] is not None:
+                layer.bias.copy_(original[1])
+        return torch.stack(per_scale)
+
+
+def chosen_scale(rates: Tensor, scales: list[float], tolerance: float) -> tuple[float, bool]:
+    """The smallest strength whose rate (of the stamped D_U still going to the target) is within
+    ``tolerance``; (1.0, False) if none is."""
+    for s, rate in zip(scales, rates.tolist()):
+        if rate <= tolerance + 1e-12:
+            return s, True
+    return 1.0, False
+
+
+@dataclass
+class TriggerSource:
+    """What stands in for the trigger: the stamped D_U and the target, and how they were found."""
+
+    stamped: Tensor
+    target: int
+    source: str
+    """``attack`` (the trigger was given) or ``reversed`` (Neural Cleanse's search)."""
+
+
+def search_params(p: SubspaceEditParams) -> NeuralCleanseParams:
+    return NeuralCleanseParams(reverse_epochs=p.search_epochs)
+
+
+def reversed_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceEditParams) -> TriggerSource | None:
+    """Neural Cleanse's trigger search (module docstring): for the known target, or for every class
+    and its MAD test under ``none``. None = no class flagged and ``unflagged=keep``."""
+    x = ctx.unlearn.x
+    params = search_params(p)
+    requires = [prm.requires_grad for prm in model.parameters()]
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    try:
+        with preserve_modes(model):
+            model.eval()
+            if ctx.target_class is not None:
+                classes = [ctx.target_class]
+            else:
+                classes = list(range(ctx.num_classes))
+            triggers = []
+            for i, c in enumerate(classes):
+                triggers.append(reverse_engineer(model, ctx.unlearn, c, params, ctx.device, ctx.seed))
+                ctx.progress("ours-proj trigger search", i + 1, len(classes))
+    finally:
+        for prm, flag in zip(model.parameters(), requires):
+            prm.requires_grad_(flag)
+    if ctx.target_class is not None:
+        chosen = triggers[0]
+    else:
+        detection = mad_outliers([t.l1 for t in triggers], params.anomaly_threshold)
+        smallest = min(range(len(triggers)), key=lambda c: triggers[c].l1)
+        ctx.log_metric("ours-proj.detected_class", float(detection.detected if detection.detected is not None else -1), None)
+        ctx.log_metric("ours-proj.anomaly_index", detection.anomaly_index[smallest], None)
+        if detection.detected is None and p.unflagged == "keep":
+            return None
+        chosen = triggers[detection.detected if detection.detected is not None else smallest]
+    ctx.log_metric("ours-proj.trigger_l1", chosen.l1, None)
+    ctx.log_metric("ours-proj.trigger_success", chosen.success, None)
+    return TriggerSource(stamped=chosen.stamp(x).clamp(0, 1), target=chosen.target, source="reversed")
 
 
 class SubspaceEditing(Defense):
-    """Remove the trigger's activation subspace from one Linear layer's input (needs the trigger)."""
+    """Shrink the trigger's activation subspace in one Linear layer's input; the trigger is given or
+    reverse-engineered (Neural Cleanse's search) when only the target label, or nothing, is known."""
 
     name = "ours-proj"
     label = "Ours-proj"
-    description = ("class-preserving activation-guided edit: project the trigger's activation subspace out of the "
-                   "head's input (needs the trigger)")
-    requires_trigger = True
+    description = ("class-preserving activation-guided edit: shrink the trigger's activation subspace in the "
+                   "head's input (the trigger given, or reverse-engineered without it)")
+    requires_trigger = False
     accepts_trigger = True
+    accepts_target_label = True
     Params = SubspaceEditParams
-    default_rows = ("ours-proj",)
+    default_rows = ("ours-proj", "ours-proj:knowledge=target", "ours-proj:knowledge=none")
     row_order = 1
 
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
-        assert ctx.attack is not None  # Defense.defend refuses to run without it
         p: SubspaceEditParams = self.params
-        name, layer = edited_linear(model, str(p.layer).strip())
+        _, layer = edited_linear(model, str(p.layer).strip())
         x = ctx.unlearn.x
+        if ctx.attack is not None:
+            source: TriggerSource | None = TriggerSource(stamp(ctx.attack, x, self.name), ctx.attack.target_class, "attack")
+        else:
+            started = time.perf_counter()
+            source = reversed_trigger_source(model, ctx, p)
+            ctx.log_metric("ours-proj.search_seconds", time.perf_counter() - started, None)
+        if source is None:  # nothing flagged under `none`, unflagged=keep: no backdoor found, no edit
+            ctx.log_metric("ours-proj.scale", 0.0, None)
+            return model.eval()
         clean = layer_inputs(model, layer, x, ctx.device, p.batch_size)
-        stamped = layer_inputs(model, layer, stamp(ctx.attack, x, self.name), ctx.device, p.batch_size)
+        stamped = layer_inputs(model, layer, source.stamped, ctx.device, p.batch_size)
         basis = trigger_subspace(stamped - clean, p.energy, p.rank)
-        project_out(layer, basis, clean.mean(0) if p.restore_mean else None)
+        mean = clean.mean(0) if p.restore_mean else None
+        scale = p.scale_value(trigger_given=source.source == "attack")
+        if scale is None:
+            others = ctx.unlearn.y.cpu() != source.target
+            probe = source.stamped[others] if bool(others.any()) else source.stamped
+            grid = [(i + 1) / p.scale_steps for i in range(p.scale_steps)]
+            predicted = predictions_per_scale(model, layer, probe, basis, mean, grid, ctx.device, p.batch_size)
+            rates = (predicted == source.target).double().mean(1)
+            scale, reached = chosen_scale(rates, grid, p.tolerance)
+            ctx.log_metric("ours-proj.scale_reached", float(reached), None)
+            ctx.log_metric("ours-proj.stamped_target_rate", float(rates[grid.index(scale)]), None)
+        project_out(layer, basis, mean, scale)
+        ctx.log_metric("ours-proj.scale", scale, None)
+        ctx.log_metric("ours-proj.target_class", float(source.target), None)
         ctx.log_metric("ours-proj.rank", float(basis.shape[1]), None)
         ctx.log_metric("ours-proj.input_dim", float(basis.shape[0]), None)
         return model.eval()

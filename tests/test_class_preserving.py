@@ -12,7 +12,8 @@ from torch import nn
 from bdtool.cli import main
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.experiment.evaluation import evaluate
-from bdtool.defenses.activation_subspace import edited_linear, project_out, trigger_subspace
+from bdtool.defenses.activation_subspace import (chosen_scale, edited_linear, layer_inputs, predictions_per_scale,
+                                                  project_out, trigger_subspace)
 from bdtool.plugins import get_registries
 
 CPU = torch.device("cpu")
@@ -79,7 +80,12 @@ def test_layer_errors_name_the_choices(digits_victim):
 @pytest.mark.parametrize("row, message", [
     ("ours-proj:energy=1.5", "energy must be in (0, 1]"),
     ("ours-proj:rank=-1", "rank must be >= 0"),
-    ("ours-proj:knowledge=none", "ours-proj"),
+    ("ours-proj:scale=1.5", "scale must be auto, search or a number in (0, 1]"),
+    ("ours-proj:scale=strong", "scale must be auto, search or a number in (0, 1]"),
+    ("ours-proj:scale_steps=0", "scale_steps must be >= 1"),
+    ("ours-proj:tolerance=1", "tolerance must be in [0, 1)"),
+    ("ours-proj:search_epochs=0", "search_epochs must be >= 1"),
+    ("ours-proj:unflagged=guess", "unflagged"),
 ])
 def test_bad_rows_are_refused_in_one_line_before_any_work(row, message, tmp_path):
     result = CliRunner().invoke(main, ["compare", "--defense", row, "--tracking-uri",
@@ -88,3 +94,69 @@ def test_bad_rows_are_refused_in_one_line_before_any_work(row, message, tmp_path
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store was touched
+
+
+def test_the_strength_search_keeps_more_of_the_class_than_the_full_projection(digits_victim, make_context):
+    """scale=auto with the trigger (the search) stops before s = 1 and keeps more of the target
+    class than removing the subspace outright, with the backdoor still removed."""
+    ctx = make_context(n=50, seed=0)
+    full = defended(digits_victim, ctx, "ours-proj", {"scale": "1"})
+    searched = defended(digits_victim, ctx, "ours-proj")
+    assert searched.asr <= 0.05 and full.asr <= 0.05
+    assert searched.ctca > full.ctca
+    assert searched.acc >= full.acc
+
+
+def test_without_the_trigger_the_reversed_trigger_removes_the_backdoor_and_keeps_the_class(digits_victim, make_context):
+    """knowledge=target: Neural Cleanse's trigger for the known target stands in for the trigger;
+    the class survives where the classifier edit (and the null row) delete it."""
+    ctx = make_context(n=50, seed=0, bdk=False)
+    assert ctx.attack is None and ctx.target_class == digits_victim.attack.target_class
+    logged: dict[str, float] = {}
+    ctx.log_metric = lambda key, value, step=None: logged.__setitem__(key, value)
+    result = defended(digits_victim, ctx, "ours-proj", {"search_epochs": "40"})
+    before = digits_victim.before
+    assert result.asr <= 0.05 < before.asr
+    assert result.ctca >= 0.5 * before.ctca
+    assert result.acc >= 0.9 * before.acc
+    assert logged["ours-proj.scale"] == 1.0  # auto without the trigger: the full projection
+    assert logged["ours-proj.search_seconds"] > 0 and logged["ours-proj.trigger_success"] >= 0.99
+
+
+class _BatchBound(nn.Module):
+    """A head whose output keeps only as many rows as the input had: not per-sample after the
+    edited layer, so the one-pass scoring must fall back to one pass per strength."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))[: len(x)]
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_one_pass_scoring_of_every_strength_equals_editing_a_copy_per_strength(bound):
+    torch.manual_seed(1)
+    model = _BatchBound() if bound else nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    layer = model.fc1 if bound else model[0]
+    x, shifted = torch.randn(40, 5), torch.randn(40, 5) + 2.0
+    clean, stamped = layer_inputs(model, layer, x, CPU, 16), layer_inputs(model, layer, shifted, CPU, 16)
+    basis = trigger_subspace(stamped - clean, 0.9, 2)
+    scales = [0.25, 0.5, 0.75, 1.0]
+    predicted = predictions_per_scale(model, layer, shifted, basis, clean.mean(0), scales, CPU, 16)
+    assert predicted.shape == (4, 40)
+    import copy
+    for i, s in enumerate(scales):
+        edited = copy.deepcopy(model)
+        project_out(edited.fc1 if bound else edited[0], basis, clean.mean(0), s)
+        with torch.no_grad():
+            assert torch.equal(predicted[i], edited(shifted).argmax(1))
+    assert torch.equal(layer_inputs(model, layer, x, CPU, 16), clean)  # the model itself is untouched
+
+
+def test_the_search_takes_the_smallest_strength_within_tolerance():
+    scales = [0.25, 0.5, 0.75, 1.0]
+    assert chosen_scale(torch.tensor([0.9, 0.2, 0.0, 0.0], dtype=torch.float64), scales, 0.0) == (0.75, True)
+    assert chosen_scale(torch.tensor([0.9, 0.2, 0.0, 0.0], dtype=torch.float64), scales, 0.25) == (0.5, True)
+    assert chosen_scale(torch.tensor([0.9, 0.5, 0.3, 0.1], dtype=torch.float64), scales, 0.0) == (1.0, False)
