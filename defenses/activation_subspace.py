@@ -57,7 +57,7 @@ from bdtool.core.compute.modules import preserve_modes
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.defenses._trigger import stamp
-from bdtool.defenses.nc import NeuralCleanseParams, mad_outliers, reverse_engineer
+from bdtool.defenses.nc import NeuralCleanseParams, mad_outliers, reverse_triggers
 
 
 @dataclass
@@ -263,32 +263,12 @@ class TriggerSource:
     """``attack`` (the trigger was given) or ``reversed`` (Neural Cleanse's search)."""
 
 
-def search_params(p: SubspaceEditParams) -> NeuralCleanseParams:
-    return NeuralCleanseParams(reverse_epochs=p.search_epochs)
-
-
 def reversed_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceEditParams) -> TriggerSource | None:
     """Neural Cleanse's trigger search (module docstring): for the known target, or for every class
     and its MAD test under ``none``. None = no class flagged and ``unflagged=keep``."""
-    x = ctx.unlearn.x
-    params = search_params(p)
-    requires = [prm.requires_grad for prm in model.parameters()]
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-    try:
-        with preserve_modes(model):
-            model.eval()
-            if ctx.target_class is not None:
-                classes = [ctx.target_class]
-            else:
-                classes = list(range(ctx.num_classes))
-            triggers = []
-            for i, c in enumerate(classes):
-                triggers.append(reverse_engineer(model, ctx.unlearn, c, params, ctx.device, ctx.seed))
-                ctx.progress("ours-proj trigger search", i + 1, len(classes))
-    finally:
-        for prm, flag in zip(model.parameters(), requires):
-            prm.requires_grad_(flag)
+    params = NeuralCleanseParams(reverse_epochs=p.search_epochs)
+    classes = [ctx.target_class] if ctx.target_class is not None else list(range(ctx.num_classes))
+    triggers = reverse_triggers(model, ctx, classes, params, "ours-proj trigger search")
     if ctx.target_class is not None:
         chosen = triggers[0]
     else:
@@ -301,7 +281,7 @@ def reversed_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceEd
         chosen = triggers[detection.detected if detection.detected is not None else smallest]
     ctx.log_metric("ours-proj.trigger_l1", chosen.l1, None)
     ctx.log_metric("ours-proj.trigger_success", chosen.success, None)
-    return TriggerSource(stamped=chosen.stamp(x).clamp(0, 1), target=chosen.target, source="reversed")
+    return TriggerSource(stamped=chosen.stamp(ctx.unlearn.x).clamp(0, 1), target=chosen.target, source="reversed")
 
 
 class SubspaceEditing(Defense):

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 import bdtool
 from bdtool.core import interrupts
-from bdtool.core.compute.modules import check_finite, preserve_modes
+from bdtool.core.compute.modules import check_finite, frozen_eval
 from bdtool.core.compute.training import metric_logger, train_loop
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.tensors import LabeledTensors
@@ -200,6 +200,18 @@ def reverse_engineer(model: nn.Module, data: LabeledTensors, target: int, p: Neu
                            success=best_success)
 
 
+def reverse_triggers(model: nn.Module, ctx: DefenseContext, classes: list[int], p: NeuralCleanseParams,
+                     label: str) -> list[ReversedTrigger]:
+    """``reverse_engineer`` for each of ``classes`` on D_U, the model frozen in eval mode (its
+    weights and modes restored after); progress under ``label``."""
+    with frozen_eval(model):
+        triggers = []
+        for i, c in enumerate(classes):
+            triggers.append(reverse_engineer(model, ctx.unlearn, c, p, ctx.device, ctx.seed))
+            ctx.progress(label, i + 1, len(classes))
+    return triggers
+
+
 def unlearning_set(data: LabeledTensors, trigger: ReversedTrigger, ratio: float, seed: int) -> LabeledTensors:
     """D_U with ``ratio`` of its samples (at least one) stamped with ``trigger``, true labels kept."""
     k = max(1, int(len(data) * ratio))
@@ -224,20 +236,9 @@ class NeuralCleanse(Defense):
 
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
         p: NeuralCleanseParams = self.params
-        triggers: list[ReversedTrigger] = []
-        requires = [prm.requires_grad for prm in model.parameters()]
-        for prm in model.parameters():
-            prm.requires_grad_(False)
-        try:
-            with preserve_modes(model):
-                model.eval()
-                for c in range(ctx.num_classes):
-                    triggers.append(reverse_engineer(model, ctx.unlearn, c, p, ctx.device, ctx.seed))
-                    ctx.log_metric("nc.mask_l1", triggers[-1].l1, c)
-                    ctx.progress("Neural Cleanse trigger search", c + 1, ctx.num_classes)
-        finally:
-            for prm, flag in zip(model.parameters(), requires):
-                prm.requires_grad_(flag)
+        triggers = reverse_triggers(model, ctx, list(range(ctx.num_classes)), p, "Neural Cleanse trigger search")
+        for trigger in triggers:
+            ctx.log_metric("nc.mask_l1", trigger.l1, trigger.target)
         detection = mad_outliers([t.l1 for t in triggers], p.anomaly_threshold)
         smallest = min(range(ctx.num_classes), key=lambda c: detection.norms[c])
         ctx.log_metric("nc.anomaly_index", detection.anomaly_index[smallest], None)

@@ -39,6 +39,22 @@ def preserve_modes(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode with every parameter's ``requires_grad`` off, both restored on exit:
+    for optimising something other than the weights through the model (a trigger, a mask)."""
+    requires = [prm.requires_grad for prm in model.parameters()]
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    try:
+        with preserve_modes(model):
+            model.eval()
+            yield model
+    finally:
+        for prm, flag in zip(model.parameters(), requires):
+            prm.requires_grad_(flag)
+
+
 def check_finite(model: nn.Module, owner: str) -> None:
     """Refuse to return a model with NaN/inf weights (a diverged run) — say so instead."""
     for name, tensor in model.state_dict().items():
