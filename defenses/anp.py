@@ -37,7 +37,7 @@ from torch.func import functional_call
 
 import bdtool
 from bdtool.core import interrupts
-from bdtool.core.compute.modules import check_finite, preserve_modes
+from bdtool.core.compute.modules import check_finite, frozen_eval
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.defenses._pruning import affine_batchnorms
@@ -129,47 +129,39 @@ class AdversarialNeuronPruning(Defense):
                 overrides[f"{name}.bias"] = b * (1.0 + db) if perturbed else b
             return functional_call(model, overrides, (x,))
 
-        requires = [prm.requires_grad for prm in model.parameters()]
-        for prm in model.parameters():
-            prm.requires_grad_(False)
-        try:
-            with preserve_modes(model):
-                model.eval()
-                for it in range(1, p.iterations + 1):
-                    interrupts.check()
-                    idx = torch.randint(n, (batch,), generator=gen)
-                    xb, yb = x_all[idx].to(dev), y_all[idx].to(dev)
-                    # 1. the adversarial neuron perturbation
-                    if p.eps > 0:
+        with frozen_eval(model):
+            for it in range(1, p.iterations + 1):
+                interrupts.check()
+                idx = torch.randint(n, (batch,), generator=gen)
+                xb, yb = x_all[idx].to(dev), y_all[idx].to(dev)
+                # 1. the adversarial neuron perturbation
+                if p.eps > 0:
+                    with torch.no_grad():
+                        for t in noise_w + noise_b:
+                            t.uniform_(-p.eps, p.eps)
+                    for _ in range(p.steps):
+                        noise_opt.zero_grad(set_to_none=True)
+                        (-F.cross_entropy(forward(xb, True), yb)).backward()
+                        for t in noise_w + noise_b:
+                            t.grad = torch.sign(t.grad)
+                        noise_opt.step()
                         with torch.no_grad():
                             for t in noise_w + noise_b:
-                                t.uniform_(-p.eps, p.eps)
-                        for _ in range(p.steps):
-                            noise_opt.zero_grad(set_to_none=True)
-                            (-F.cross_entropy(forward(xb, True), yb)).backward()
-                            for t in noise_w + noise_b:
-                                t.grad = torch.sign(t.grad)
-                            noise_opt.step()
-                            with torch.no_grad():
-                                for t in noise_w + noise_b:
-                                    t.clamp_(-p.eps, p.eps)
-                    # 2. the mask step on α·natural + (1 − α)·perturbed loss
-                    mask_opt.zero_grad(set_to_none=True)
-                    robust = F.cross_entropy(forward(xb, True), yb) if p.eps > 0 else torch.zeros((), device=dev)
-                    natural = F.cross_entropy(forward(xb, False), yb)
-                    loss = p.alpha * natural + (1.0 - p.alpha) * robust
-                    loss.backward()
-                    mask_opt.step()
-                    with torch.no_grad():
-                        for m in masks:
-                            m.clamp_(0.0, 1.0)
-                    if it % report == 0 or it == p.iterations:
-                        ctx.log_metric("anp.natural_loss", natural.item(), it)
-                        ctx.log_metric("anp.robust_loss", robust.item(), it)
-                        ctx.progress("ANP mask optimisation", it, p.iterations)
-        finally:
-            for prm, flag in zip(model.parameters(), requires):
-                prm.requires_grad_(flag)
+                                t.clamp_(-p.eps, p.eps)
+                # 2. the mask step on α·natural + (1 − α)·perturbed loss
+                mask_opt.zero_grad(set_to_none=True)
+                robust = F.cross_entropy(forward(xb, True), yb) if p.eps > 0 else torch.zeros((), device=dev)
+                natural = F.cross_entropy(forward(xb, False), yb)
+                loss = p.alpha * natural + (1.0 - p.alpha) * robust
+                loss.backward()
+                mask_opt.step()
+                with torch.no_grad():
+                    for m in masks:
+                        m.clamp_(0.0, 1.0)
+                if it % report == 0 or it == p.iterations:
+                    ctx.log_metric("anp.natural_loss", natural.item(), it)
+                    ctx.log_metric("anp.robust_loss", robust.item(), it)
+                    ctx.progress("ANP mask optimisation", it, p.iterations)
         return [m.detach() for m in masks]
 
 
