@@ -12,8 +12,9 @@ from torch import nn
 from bdtool.cli import main
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.experiment.evaluation import evaluate
-from bdtool.defenses.activation_subspace import (chosen_scale, edited_linear, layer_inputs, predictions_per_scale,
-                                                  project_out, trigger_subspace)
+from bdtool.defenses.activation_subspace import (chosen_edit, clean_whitening, edited_linear, layer_inputs,
+                                                  predictions_per_edit, project_out, removal_operator,
+                                                  trigger_subspace)
 from bdtool.plugins import get_registries
 
 CPU = torch.device("cpu")
@@ -37,24 +38,47 @@ def test_removes_the_backdoor_and_keeps_the_class_the_classifier_edit_deletes(di
     assert proj.acc >= 0.9 * before.acc
 
 
-def test_the_edit_is_exact_on_the_clean_mean_and_blind_to_the_subspace():
+@pytest.mark.parametrize("shrinkage", [1.0, 0.05])
+def test_the_edit_is_exact_on_the_clean_mean_and_blind_to_the_subspace(shrinkage):
     torch.manual_seed(0)
     layer = nn.Linear(6, 3)
     original = nn.Linear(6, 3)
     original.load_state_dict(layer.state_dict())
+    clean = torch.randn(30, 6, dtype=torch.float64) * torch.tensor([5.0, 1, 1, 0.2, 1, 3], dtype=torch.float64)
+    half, inv_half = clean_whitening(clean, shrinkage)
+    assert torch.allclose(half @ inv_half, torch.eye(6, dtype=torch.float64), atol=1e-10)
     diff = torch.randn(20, 6, dtype=torch.float64)
-    basis = trigger_subspace(diff, energy=0.9, rank=2)
+    basis = trigger_subspace(diff @ inv_half, energy=0.9, rank=2)
     assert basis.shape == (6, 2)
     assert torch.allclose(basis.T @ basis, torch.eye(2, dtype=torch.float64), atol=1e-10)
-    mean = torch.randn(6, dtype=torch.float64)
-    project_out(layer, basis, mean)
+    operator = removal_operator(basis, half, inv_half)
+    assert torch.allclose(operator @ operator, operator, atol=1e-10)  # a projection
+    if shrinkage == 1.0:  # no whitening: the orthogonal projection onto the subspace
+        assert torch.allclose(operator, basis @ basis.T, atol=1e-10)
+    else:
+        assert not torch.allclose(operator, operator.T, atol=1e-3)  # oblique: measured against Σ
+    mean = clean.mean(0)
+    project_out(layer, operator, mean)
     with torch.no_grad():
         m = mean.float()
         assert torch.allclose(layer(m), original(m), atol=1e-5)  # the clean mean goes through unchanged
-        step = (basis @ torch.tensor([3.0, -2.0], dtype=torch.float64)).float()
+        step = (half @ basis @ torch.tensor([3.0, -2.0], dtype=torch.float64)).float()
         a = torch.randn(6)
-        assert torch.allclose(layer(a + step), layer(a), atol=1e-5)  # moves inside the subspace do nothing
+        assert torch.allclose(layer(a + step), layer(a), atol=1e-5)  # moves along the removed directions do nothing
         assert not torch.allclose(layer(a), original(a), atol=1e-3)
+
+
+def test_whitening_shrinks_toward_the_scaled_identity_and_survives_a_singular_covariance():
+    clean = torch.randn(4, 10, dtype=torch.float64)  # 4 samples in 10 dimensions: Σ has rank 3
+    half, inv_half = clean_whitening(clean, 0.05)
+    assert torch.isfinite(inv_half).all()
+    assert torch.allclose(half @ half, 0.95 * torch.cov(clean.T) + 0.05 * torch.cov(clean.T).trace() / 10
+                          * torch.eye(10, dtype=torch.float64), atol=1e-10)
+    level = torch.cov(clean.T).trace() / 10
+    half, inv_half = clean_whitening(clean, 1.0)
+    assert torch.allclose(half, level.sqrt() * torch.eye(10, dtype=torch.float64), atol=1e-10)
+    same = torch.ones(5, 3, dtype=torch.float64)  # no spread at all: nothing to whiten against
+    assert all(torch.equal(t, torch.eye(3, dtype=torch.float64)) for t in clean_whitening(same, 0.05))
 
 
 def test_energy_picks_the_smallest_rank_holding_that_share():
@@ -79,7 +103,10 @@ def test_layer_errors_name_the_choices(digits_victim):
 
 @pytest.mark.parametrize("row, message", [
     ("ours-proj:energy=1.5", "energy must be in (0, 1]"),
-    ("ours-proj:rank=-1", "rank must be >= 0"),
+    ("ours-proj:rank=-1", "rank must be auto or >= 0"),
+    ("ours-proj:rank=many", "rank"),
+    ("ours-proj:max_rank=0", "max_rank must be >= 1"),
+    ("ours-proj:shrinkage=0", "shrinkage must be in (0, 1]"),
     ("ours-proj:scale=1.5", "scale must be auto, search or a number in (0, 1]"),
     ("ours-proj:scale=strong", "scale must be auto, search or a number in (0, 1]"),
     ("ours-proj:scale_steps=0", "scale_steps must be >= 1"),
@@ -96,15 +123,21 @@ def test_bad_rows_are_refused_in_one_line_before_any_work(row, message, tmp_path
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store was touched
 
 
-def test_the_strength_search_keeps_more_of_the_class_than_the_full_projection(digits_victim, make_context):
-    """scale=auto with the trigger (the search) stops before s = 1 and keeps more of the target
-    class than removing the subspace outright, with the backdoor still removed."""
+def test_the_whitened_edit_keeps_more_of_the_class_than_the_orthogonal_projection(digits_victim, make_context):
+    """shrinkage < 1 (the default) measures the trigger's directions against the clean spread and
+    keeps more of the target class than the first release's orthogonal projection (shrinkage=1,
+    rank 1, s = 1), with the backdoor removed by both; the search picks a strength in (0, 1]."""
     ctx = make_context(n=50, seed=0)
-    full = defended(digits_victim, ctx, "ours-proj", {"scale": "1"})
-    searched = defended(digits_victim, ctx, "ours-proj")
-    assert searched.asr <= 0.05 and full.asr <= 0.05
-    assert searched.ctca > full.ctca
-    assert searched.acc >= full.acc
+    orthogonal = defended(digits_victim, ctx, "ours-proj", {"shrinkage": "1", "rank": "1"})
+    whitened = defended(digits_victim, ctx, "ours-proj")
+    assert whitened.asr <= 0.05 and orthogonal.asr <= 0.05
+    assert whitened.ctca > orthogonal.ctca
+    assert whitened.acc >= orthogonal.acc
+    logged: dict[str, float] = {}
+    ctx.log_metric = lambda key, value, step=None: logged.__setitem__(key, value)
+    searched = defended(digits_victim, ctx, "ours-proj", {"scale": "search"})
+    assert 0.0 < logged["ours-proj.scale"] <= 1.0 and logged["ours-proj.stamped_target_rate"] == 0.0
+    assert searched.asr <= 0.1
 
 
 def test_without_the_trigger_the_reversed_trigger_removes_the_backdoor_and_keeps_the_class(digits_victim, make_context):
@@ -136,27 +169,34 @@ class _BatchBound(nn.Module):
 
 
 @pytest.mark.parametrize("bound", [False, True])
-def test_one_pass_scoring_of_every_strength_equals_editing_a_copy_per_strength(bound):
+def test_one_pass_scoring_of_every_edit_equals_editing_a_copy_per_edit(bound):
     torch.manual_seed(1)
     model = _BatchBound() if bound else nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
     layer = model.fc1 if bound else model[0]
     x, shifted = torch.randn(40, 5), torch.randn(40, 5) + 2.0
     clean, stamped = layer_inputs(model, layer, x, CPU, 16), layer_inputs(model, layer, shifted, CPU, 16)
-    basis = trigger_subspace(stamped - clean, 0.9, 2)
+    half, inv_half = clean_whitening(clean, 0.05)
+    basis = trigger_subspace((stamped - clean) @ inv_half, 0.9, 3)
+    operators = [removal_operator(basis[:, :r], half, inv_half) for r in (1, 2, 3)]
     scales = [0.25, 0.5, 0.75, 1.0]
-    predicted = predictions_per_scale(model, layer, shifted, basis, clean.mean(0), scales, CPU, 16)
-    assert predicted.shape == (4, 40)
+    predicted = predictions_per_edit(model, layer, shifted, operators, clean.mean(0), scales, CPU, 16)
+    assert predicted.shape == (3, 4, 40)
     import copy
-    for i, s in enumerate(scales):
-        edited = copy.deepcopy(model)
-        project_out(edited.fc1 if bound else edited[0], basis, clean.mean(0), s)
-        with torch.no_grad():
-            assert torch.equal(predicted[i], edited(shifted).argmax(1))
+    for i, op in enumerate(operators):
+        for j, s in enumerate(scales):
+            edited = copy.deepcopy(model)
+            project_out(edited.fc1 if bound else edited[0], op, clean.mean(0), s)
+            with torch.no_grad():
+                assert torch.equal(predicted[i, j], edited(shifted).argmax(1))
     assert torch.equal(layer_inputs(model, layer, x, CPU, 16), clean)  # the model itself is untouched
 
 
-def test_the_search_takes_the_smallest_strength_within_tolerance():
+def test_the_search_takes_the_smallest_rank_then_the_smallest_strength_within_tolerance():
     scales = [0.25, 0.5, 0.75, 1.0]
-    assert chosen_scale(torch.tensor([0.9, 0.2, 0.0, 0.0], dtype=torch.float64), scales, 0.0) == (0.75, True)
-    assert chosen_scale(torch.tensor([0.9, 0.2, 0.0, 0.0], dtype=torch.float64), scales, 0.25) == (0.5, True)
-    assert chosen_scale(torch.tensor([0.9, 0.5, 0.3, 0.1], dtype=torch.float64), scales, 0.0) == (1.0, False)
+    one = torch.tensor([[0.9, 0.2, 0.0, 0.0]], dtype=torch.float64)
+    assert chosen_edit(one, scales, 0.0) == (0, 0.75, True)
+    assert chosen_edit(one, scales, 0.25) == (0, 0.5, True)
+    grid = torch.tensor([[0.9, 0.5, 0.3, 0.1], [0.8, 0.4, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert chosen_edit(grid, scales, 0.0) == (1, 0.75, True)  # rank 2 is the first to reach; rank 3 not needed
+    never = torch.tensor([[0.9, 0.5, 0.3, 0.2], [0.8, 0.4, 0.2, 0.1], [0.5, 0.3, 0.2, 0.1]], dtype=torch.float64)
+    assert chosen_edit(never, scales, 0.0) == (1, 1.0, False)  # the lowest rate at full strength, smaller rank on a tie

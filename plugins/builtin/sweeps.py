@@ -36,12 +36,13 @@ TABLE7_ROWS = ["suppress-target", "actft", "baeraser", "ours", "ours:repair=0.01
 reconstruction draws their D_U from the target class, so they know the target label, and the
 label says so (docs/method.md, "Threat model")."""
 
-CLASS_PRESERVING_ROWS = ["suppress-target", "ours", "ours-proj", "ours-proj:scale=1", "ours-proj:knowledge=target",
-                         "ours-proj:knowledge=none", "actft", "nad"]
+CLASS_PRESERVING_ROWS = ["suppress-target", "ours", "ours-proj", "ours-proj:shrinkage=1,rank=1",
+                         "ours-proj:knowledge=target", "ours-proj:knowledge=none", "actft", "nad"]
 """The class-preserving edit under each threat model (the trigger given; the target label only and
-nothing, with Neural Cleanse's reversed trigger) and at full strength (``scale=1``, its first
-release), beside the classifier edit, actFT, NAD and the null reference row (docs/method.md,
-"Class-preserving edit"); run once per data set and attack (``--dataset``, ``--attack``)."""
+nothing, with Neural Cleanse's reversed trigger) and as first released (``shrinkage=1,rank=1``: an
+orthogonal rank-1 projection, no whitening), beside the classifier edit, actFT, NAD and the null
+reference row (docs/method.md, "Class-preserving edit"); run once per data set and attack
+(``--dataset``, ``--attack``)."""
 
 FIELD_ROWS = ["suppress-target", "fp", "anp", "nc", "ibau", "basicft", "nad", "actft", "ours", "ours-proj"]
 """The field's defenses (Fine-Pruning, ANP, Neural Cleanse, I-BAU; docs/baselines.md, "The field's
@@ -52,7 +53,7 @@ each attack's recipe)."""
 SWEEPS: tuple[Sweep, ...] = (
     Sweep("field", "the field's defenses (fp, anp, nc, ibau) beside the baselines, ours, ours-proj and the null row, "
           "n = 50 and 500", FIELD_ROWS, [50, 500]),
-    Sweep("class-preserving", "ours-proj (class-preserving edit) under each threat model and at scale=1, beside ours, actFT, NAD "
+    Sweep("class-preserving", "ours-proj (class-preserving edit) under each threat model and as first released, beside ours, actFT, NAD "
           "and the null row, n = 50",
           CLASS_PRESERVING_ROWS, [50]),
     Sweep("table7", "Table 7: every method at n = 5, 50, 500, 5000 (sizes above the pool are dropped)",
