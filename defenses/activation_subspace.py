@@ -183,20 +183,45 @@ def layer_inputs(model: nn.Module, layer: nn.Module, x: Tensor, device: torch.de
     return torch.cat(chunks).double()
 
 
-def clean_whitening(clean: Tensor, shrinkage: float) -> tuple[Tensor, Tensor]:
-    """Σ_γ^{1/2} and Σ_γ^{-1/2} (d × d, float64) for the clean D_U's layer inputs ``clean`` (n × d):
-    Σ_γ = (1 − γ)·Σ + γ·(tr Σ / d)·I with Σ their covariance (module docstring, step 3). γ = 1 gives
-    multiples of I (no whitening); with fewer samples than dimensions Σ is singular, and γ > 0 keeps
-    Σ_γ invertible."""
-    d = clean.shape[1]
-    eye = torch.eye(d, dtype=clean.dtype, device=clean.device)
-    cov = torch.cov(clean.T) if len(clean) > 1 else torch.zeros_like(eye)
-    level = float(torch.trace(cov)) / d
+@dataclass
+class Whitening:
+    """Σ_γ = (1 − γ)·Σ + γ·(tr Σ / d)·I for the clean D_U's layer inputs (module docstring, step 3),
+    kept in low-rank form: eigenvalues ``values`` along the rows of ``basis`` (k × d, Σ's
+    eigenvectors with a non-zero eigenvalue, k ≤ n − 1) and ``floor`` on the rest of the space."""
+
+    basis: Tensor
+    values: Tensor
+    floor: float
+
+    def times(self, m: Tensor, exponent: float) -> Tensor:
+        """m·Σ_γ^exponent for m (… × d), without forming a d × d matrix."""
+        scaled = self.floor ** exponent * m
+        if not len(self.basis):
+            return scaled
+        return scaled + ((m @ self.basis.T) * (self.values.pow(exponent) - self.floor ** exponent)) @ self.basis
+
+    def matrix(self, exponent: float) -> Tensor:
+        """Σ_γ^exponent (d × d)."""
+        d = self.basis.shape[1]
+        return self.times(torch.eye(d, dtype=self.basis.dtype, device=self.basis.device), exponent)
+
+
+def clean_whitening(clean: Tensor, shrinkage: float) -> Whitening:
+    """Σ_γ for the clean D_U's layer inputs ``clean`` (n × d), Σ their covariance. γ = 1 gives a
+    multiple of I (no whitening); with fewer samples than dimensions Σ is singular, and γ > 0 keeps
+    Σ_γ invertible. From the thin SVD of the centred inputs, not a d × d eigendecomposition; an
+    input without any spread gives Σ_γ = I."""
+    n, d = clean.shape
+    none = Whitening(clean.new_zeros(0, d), clean.new_zeros(0), 1.0)
+    if n < 2:
+        return none
+    _, singular, vh = torch.linalg.svd(clean - clean.mean(0), full_matrices=False)
+    spread = singular.square() / (n - 1)  # Σ's eigenvalues along the rows of vh
+    level = float(spread.sum()) / d
     if not level > 0.0:  # every clean input the same: no spread to measure against
-        return eye, eye
-    values, vectors = torch.linalg.eigh((1.0 - shrinkage) * cov + shrinkage * level * eye)
-    values = values.clamp_min(shrinkage * level)  # Σ_γ ⪰ γ·level·I; clamp only rounding below it
-    return (vectors * values.sqrt()) @ vectors.T, (vectors * values.rsqrt()) @ vectors.T
+        return none
+    floor = shrinkage * level
+    return Whitening(vh, (1.0 - shrinkage) * spread + floor, floor)
 
 
 def trigger_subspace(diff: Tensor, energy: float, rank: int) -> Tensor:
@@ -219,11 +244,18 @@ def trigger_subspace(diff: Tensor, energy: float, rank: int) -> Tensor:
     return vh[:r].T.contiguous()
 
 
-def removal_operator(basis: Tensor, half: Tensor, inv_half: Tensor) -> Tensor:
-    """A = Σ^{1/2}·V·Vᵀ·Σ^{-1/2} (d × d): the projection that takes out the directions Σ^{1/2}·V
-    (V found in the whitened space) and leaves what Σ^{-1/2}-whitened inputs hold elsewhere; with
-    Σ = c·I it is the orthogonal projection V·Vᵀ."""
-    return (half @ basis) @ (basis.T @ inv_half)
+def edit_directions(basis: Tensor, whitening: Whitening) -> tuple[Tensor, Tensor]:
+    """(Σ_γ^{1/2}·V, Vᵀ·Σ_γ^{-1/2}): d × r and r × d. The rank-r' edit's operator is the product
+    of the first r' columns and rows (``removal_operator``)."""
+    return whitening.times(basis.T, 0.5).T, whitening.times(basis.T, -0.5)
+
+
+def removal_operator(basis: Tensor, whitening: Whitening) -> Tensor:
+    """A = Σ_γ^{1/2}·V·Vᵀ·Σ_γ^{-1/2} (d × d): the projection that takes out the directions
+    Σ_γ^{1/2}·V (V found in the whitened space) and keeps the rest; with Σ_γ = c·I it is the
+    orthogonal projection V·Vᵀ."""
+    left, right = edit_directions(basis, whitening)
+    return left @ right
 
 
 def edit_delta(layer: nn.Linear, operator: Tensor) -> Tensor:
@@ -245,22 +277,26 @@ def project_out(layer: nn.Linear, operator: Tensor, clean_mean: Tensor | None, s
 
 
 @torch.no_grad()
-def predictions_per_edit(model: nn.Module, layer: nn.Linear, x: Tensor, operators: list[Tensor],
-                         clean_mean: Tensor | None, scales: list[float], device: torch.device,
+def predictions_per_edit(model: nn.Module, layer: nn.Linear, x: Tensor, left: Tensor, right: Tensor,
+                         ranks: list[int], clean_mean: Tensor | None, scales: list[float], device: torch.device,
                          batch_size: int) -> Tensor:
-    """The classes (R × K × len(x), on the CPU) the model edited with each operator (R, one per
-    candidate rank) at each strength s of ``scales`` (K) predicts for ``x`` — in one forward pass:
-    a hook returns the layer's output for all R·K edits, stacked (R·K·b rows), which the per-sample
-    layers after it carry through (the output is linear in s). A model whose later layers are not
-    per-sample (the rows do not come back as R·K·b) is scored with one pass per edit."""
-    deltas = torch.stack([edit_delta(layer, op) for op in operators])  # R × out × d
-    r, k = len(operators), len(scales)
-    factors = torch.tensor(scales, dtype=torch.float64, device=deltas.device).view(1, k, 1, 1)
+    """The classes (R × K × len(x), on the CPU) the model edited at each rank of ``ranks`` (R; the
+    operator of rank r is left[:, :r]·right[:r], ``edit_directions``) and each strength s of
+    ``scales`` (K) predicts for ``x`` — in one forward pass: a hook returns the layer's output for
+    all R·K edits, stacked (R·K·b rows), which the per-sample layers after it carry through (the
+    output is linear in s, and the rank-r change is a sum of r rank-one terms). A model whose later
+    layers are not per-sample (the rows do not come back as R·K·b) is scored with one pass per edit."""
+    weighted = layer.weight.double() @ left  # out × r_max: W·Σ^{1/2}·V
+    picks = torch.tensor([r - 1 for r in ranks], device=weighted.device)
+    r, k = len(ranks), len(scales)
+    factors = torch.tensor(scales, dtype=torch.float64, device=weighted.device).view(1, k, 1, 1)
 
     def fork(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        a = inputs[0].double()
+        a = inputs[0].double().flatten(1)
         moved = a - clean_mean if clean_mean is not None else a
-        change = torch.einsum("bd,rod->rbo", moved, deltas)  # what s = 1 takes away, per operator
+        coords = moved @ right.T  # b × r_max
+        terms = torch.einsum("bi,oi->ibo", coords, weighted)  # one rank-one term per direction
+        change = terms.cumsum(0).index_select(0, picks)  # R × b × out: what s = 1 takes away, per rank
         edited = output.double().view(1, 1, *output.shape) - factors * change.unsqueeze(1)
         return edited.flatten(0, 2).to(output.dtype)
 
@@ -282,7 +318,8 @@ def predictions_per_edit(model: nn.Module, layer: nn.Linear, x: Tensor, operator
             return torch.cat(chunks, dim=2)
         original = (layer.weight.detach().clone(), None if layer.bias is None else layer.bias.detach().clone())
         per_edit = []
-        for op in operators:
+        for rank in ranks:
+            op = left[:, :rank] @ right[:rank]
             for s in scales:
                 project_out(layer, op, clean_mean, s)
                 per_edit.append(torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
@@ -367,8 +404,8 @@ class SubspaceEditing(Defense):
             return model.eval()
         clean = layer_inputs(model, layer, x, ctx.device, p.batch_size)
         stamped = layer_inputs(model, layer, source.stamped, ctx.device, p.batch_size)
-        half, inv_half = clean_whitening(clean, p.shrinkage)
-        whitened = (stamped - clean) @ inv_half
+        whitening = clean_whitening(clean, p.shrinkage)
+        whitened = whitening.times(stamped - clean, -0.5)
         if p.rank == "auto":
             top = min(p.max_rank, *whitened.shape)
             basis = trigger_subspace(whitened, p.energy, top)
@@ -376,23 +413,25 @@ class SubspaceEditing(Defense):
         else:
             basis = trigger_subspace(whitened, p.energy, p.rank)
             ranks = [basis.shape[1]]
-        operators = [removal_operator(basis[:, :r], half, inv_half) for r in ranks]
+        left, right = edit_directions(basis, whitening)
         mean = clean.mean(0) if p.restore_mean else None
         fixed = p.scale_value()
         scales = [(i + 1) / p.scale_steps for i in range(p.scale_steps)] if fixed is None else [fixed]
         chosen, scale = 0, scales[0]
-        if len(operators) > 1 or len(scales) > 1:
+        if len(ranks) > 1 or len(scales) > 1:
             others = ctx.unlearn.y.cpu() != source.target
             probe = source.stamped[others] if bool(others.any()) else source.stamped
-            predicted = predictions_per_edit(model, layer, probe, operators, mean, scales, ctx.device, p.batch_size)
+            predicted = predictions_per_edit(model, layer, probe, left, right, ranks, mean, scales, ctx.device,
+                                             p.batch_size)
             rates = (predicted == source.target).double().mean(2)
             chosen, scale, reached = chosen_edit(rates, scales, p.tolerance)
             ctx.log_metric("ours-proj.scale_reached", float(reached), None)
             ctx.log_metric("ours-proj.stamped_target_rate", float(rates[chosen, scales.index(scale)]), None)
-        project_out(layer, operators[chosen], mean, scale)
+        rank = ranks[chosen]
+        project_out(layer, left[:, :rank] @ right[:rank], mean, scale)
         ctx.log_metric("ours-proj.scale", scale, None)
         ctx.log_metric("ours-proj.target_class", float(source.target), None)
-        ctx.log_metric("ours-proj.rank", float(ranks[chosen]), None)
+        ctx.log_metric("ours-proj.rank", float(rank), None)
         ctx.log_metric("ours-proj.input_dim", float(basis.shape[0]), None)
         return model.eval()
 

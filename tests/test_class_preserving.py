@@ -12,8 +12,8 @@ from torch import nn
 from bdtool.cli import main
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.experiment.evaluation import evaluate
-from bdtool.defenses.activation_subspace import (chosen_edit, clean_whitening, edited_linear, layer_inputs,
-                                                  predictions_per_edit, project_out, removal_operator,
+from bdtool.defenses.activation_subspace import (chosen_edit, clean_whitening, edit_directions, edited_linear,
+                                                  layer_inputs, predictions_per_edit, project_out, removal_operator,
                                                   trigger_subspace)
 from bdtool.plugins import get_registries
 
@@ -45,13 +45,15 @@ def test_the_edit_is_exact_on_the_clean_mean_and_blind_to_the_subspace(shrinkage
     original = nn.Linear(6, 3)
     original.load_state_dict(layer.state_dict())
     clean = torch.randn(30, 6, dtype=torch.float64) * torch.tensor([5.0, 1, 1, 0.2, 1, 3], dtype=torch.float64)
-    half, inv_half = clean_whitening(clean, shrinkage)
+    whitening = clean_whitening(clean, shrinkage)
+    half, inv_half = whitening.matrix(0.5), whitening.matrix(-0.5)
     assert torch.allclose(half @ inv_half, torch.eye(6, dtype=torch.float64), atol=1e-10)
     diff = torch.randn(20, 6, dtype=torch.float64)
+    assert torch.allclose(whitening.times(diff, -0.5), diff @ inv_half, atol=1e-10)
     basis = trigger_subspace(diff @ inv_half, energy=0.9, rank=2)
     assert basis.shape == (6, 2)
     assert torch.allclose(basis.T @ basis, torch.eye(2, dtype=torch.float64), atol=1e-10)
-    operator = removal_operator(basis, half, inv_half)
+    operator = removal_operator(basis, whitening)
     assert torch.allclose(operator @ operator, operator, atol=1e-10)  # a projection
     if shrinkage == 1.0:  # no whitening: the orthogonal projection onto the subspace
         assert torch.allclose(operator, basis @ basis.T, atol=1e-10)
@@ -70,15 +72,17 @@ def test_the_edit_is_exact_on_the_clean_mean_and_blind_to_the_subspace(shrinkage
 
 def test_whitening_shrinks_toward_the_scaled_identity_and_survives_a_singular_covariance():
     clean = torch.randn(4, 10, dtype=torch.float64)  # 4 samples in 10 dimensions: Σ has rank 3
-    half, inv_half = clean_whitening(clean, 0.05)
+    whitening = clean_whitening(clean, 0.05)
+    half, inv_half = whitening.matrix(0.5), whitening.matrix(-0.5)
     assert torch.isfinite(inv_half).all()
-    assert torch.allclose(half @ half, 0.95 * torch.cov(clean.T) + 0.05 * torch.cov(clean.T).trace() / 10
-                          * torch.eye(10, dtype=torch.float64), atol=1e-10)
     level = torch.cov(clean.T).trace() / 10
-    half, inv_half = clean_whitening(clean, 1.0)
+    shrunk = 0.95 * torch.cov(clean.T) + 0.05 * level * torch.eye(10, dtype=torch.float64)
+    assert torch.allclose(half @ half, shrunk, atol=1e-10)
+    assert torch.allclose(inv_half @ shrunk @ inv_half, torch.eye(10, dtype=torch.float64), atol=1e-8)
+    half = clean_whitening(clean, 1.0).matrix(0.5)
     assert torch.allclose(half, level.sqrt() * torch.eye(10, dtype=torch.float64), atol=1e-10)
     same = torch.ones(5, 3, dtype=torch.float64)  # no spread at all: nothing to whiten against
-    assert all(torch.equal(t, torch.eye(3, dtype=torch.float64)) for t in clean_whitening(same, 0.05))
+    assert all(torch.equal(clean_whitening(same, 0.05).matrix(e), torch.eye(3, dtype=torch.float64)) for e in (0.5, -0.5))
 
 
 def test_energy_picks_the_smallest_rank_holding_that_share():
@@ -175,14 +179,15 @@ def test_one_pass_scoring_of_every_edit_equals_editing_a_copy_per_edit(bound):
     layer = model.fc1 if bound else model[0]
     x, shifted = torch.randn(40, 5), torch.randn(40, 5) + 2.0
     clean, stamped = layer_inputs(model, layer, x, CPU, 16), layer_inputs(model, layer, shifted, CPU, 16)
-    half, inv_half = clean_whitening(clean, 0.05)
-    basis = trigger_subspace((stamped - clean) @ inv_half, 0.9, 3)
-    operators = [removal_operator(basis[:, :r], half, inv_half) for r in (1, 2, 3)]
+    whitening = clean_whitening(clean, 0.05)
+    basis = trigger_subspace(whitening.times(stamped - clean, -0.5), 0.9, 3)
+    left, right = edit_directions(basis, whitening)
+    ranks = [1, 3]
     scales = [0.25, 0.5, 0.75, 1.0]
-    predicted = predictions_per_edit(model, layer, shifted, operators, clean.mean(0), scales, CPU, 16)
-    assert predicted.shape == (3, 4, 40)
+    predicted = predictions_per_edit(model, layer, shifted, left, right, ranks, clean.mean(0), scales, CPU, 16)
+    assert predicted.shape == (2, 4, 40)
     import copy
-    for i, op in enumerate(operators):
+    for i, op in enumerate(removal_operator(basis[:, :r], whitening) for r in ranks):
         for j, s in enumerate(scales):
             edited = copy.deepcopy(model)
             project_out(edited.fc1 if bound else edited[0], op, clean.mean(0), s)
