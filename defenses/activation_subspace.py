@@ -42,8 +42,7 @@ Where the trigger comes from (the row's threat model, docs/method.md "Class-pres
   target; when no class is flagged the model is returned unchanged (``unflagged=keep``, NC's own
   rule) or the smallest-norm class is used (``unflagged=smallest``).
 
-Cost: three forward passes over D_U, one SVD of an n × d and one eigendecomposition of a d × d
-matrix with the trigger (measured
+Cost: three forward passes over D_U and two thin SVDs of n × d matrices with the trigger (measured
 against one forward pass in ``benchmarks/bench_activation_editing.py``); the trigger search, when
 the trigger is unknown, is gradient descent on a mask (not on the model) and is logged apart as
 ``ours-proj.search_seconds``.
