@@ -101,7 +101,7 @@ class SubspaceEditParams:
     (``shrinkage`` < 1) the full edit kept ACC and CTCA on every victim measured and the search's
     smaller s only let more of the backdoor through (Fashion-MNIST Blend: ASR 8.3 % at the
     searched s = 0.95, 4.5 % at s = 1; docs/method.md); the search was the default when the edit
-    was an orthogonal projection, where s = 1 cost a third of the target class."""
+    was an orthogonal projection, where s = 1 cost a quarter of the target class."""
     scale_steps: int = 20
     """With the search: the grid 1/steps, 2/steps, …, 1."""
     tolerance: float = 0.0
@@ -244,17 +244,21 @@ def trigger_subspace(diff: Tensor, energy: float, rank: int) -> Tensor:
 
 
 def edit_directions(basis: Tensor, whitening: Whitening) -> tuple[Tensor, Tensor]:
-    """(Σ_γ^{1/2}·V, Vᵀ·Σ_γ^{-1/2}): d × r and r × d. The rank-r' edit's operator is the product
-    of the first r' columns and rows (``removal_operator``)."""
+    """(Σ_γ^{1/2}·V, Vᵀ·Σ_γ^{-1/2}): d × r and r × d; ``rank_operator`` makes an edit of them."""
     return whitening.times(basis.T, 0.5).T, whitening.times(basis.T, -0.5)
+
+
+def rank_operator(left: Tensor, right: Tensor, rank: int) -> Tensor:
+    """The rank-``rank`` edit's operator: the first ``rank`` columns of ``left`` times the first
+    ``rank`` rows of ``right`` (``edit_directions``)."""
+    return left[:, :rank] @ right[:rank]
 
 
 def removal_operator(basis: Tensor, whitening: Whitening) -> Tensor:
     """A = Σ_γ^{1/2}·V·Vᵀ·Σ_γ^{-1/2} (d × d): the projection that takes out the directions
     Σ_γ^{1/2}·V (V found in the whitened space) and keeps the rest; with Σ_γ = c·I it is the
     orthogonal projection V·Vᵀ."""
-    left, right = edit_directions(basis, whitening)
-    return left @ right
+    return rank_operator(*edit_directions(basis, whitening), basis.shape[1])
 
 
 def edit_delta(layer: nn.Linear, operator: Tensor) -> Tensor:
@@ -279,8 +283,8 @@ def project_out(layer: nn.Linear, operator: Tensor, clean_mean: Tensor | None, s
 def predictions_per_edit(model: nn.Module, layer: nn.Linear, x: Tensor, left: Tensor, right: Tensor,
                          ranks: list[int], clean_mean: Tensor | None, scales: list[float], device: torch.device,
                          batch_size: int) -> Tensor:
-    """The classes (R × K × len(x), on the CPU) the model edited at each rank of ``ranks`` (R; the
-    operator of rank r is left[:, :r]·right[:r], ``edit_directions``) and each strength s of
+    """The classes (R × K × len(x), on the CPU) the model edited at each rank of ``ranks`` (R;
+    ``rank_operator``) and each strength s of
     ``scales`` (K) predicts for ``x`` — in one forward pass: a hook returns the layer's output for
     all R·K edits, stacked (R·K·b rows), which the per-sample layers after it carry through (the
     output is linear in s, and the rank-r change is a sum of r rank-one terms). A model whose later
@@ -318,7 +322,7 @@ def predictions_per_edit(model: nn.Module, layer: nn.Linear, x: Tensor, left: Te
         original = (layer.weight.detach().clone(), None if layer.bias is None else layer.bias.detach().clone())
         per_edit = []
         for rank in ranks:
-            op = left[:, :rank] @ right[:rank]
+            op = rank_operator(left, right, rank)
             for s in scales:
                 project_out(layer, op, clean_mean, s)
                 per_edit.append(torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
@@ -427,7 +431,7 @@ class SubspaceEditing(Defense):
             ctx.log_metric("ours-proj.scale_reached", float(reached), None)
             ctx.log_metric("ours-proj.stamped_target_rate", float(rates[chosen, scales.index(scale)]), None)
         rank = ranks[chosen]
-        project_out(layer, left[:, :rank] @ right[:rank], mean, scale)
+        project_out(layer, rank_operator(left, right, rank), mean, scale)
         ctx.log_metric("ours-proj.scale", scale, None)
         ctx.log_metric("ours-proj.target_class", float(source.target), None)
         ctx.log_metric("ours-proj.rank", float(rank), None)
