@@ -64,6 +64,7 @@ from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.defenses._trigger import stamp
 from bdtool.defenses.nc import NeuralCleanseParams, mad_outliers, reverse_triggers
+from bdtool.defenses.universal_search import UniversalSearchParams, apply_perturbation, detect_backdoor
 
 
 @dataclass
@@ -106,8 +107,15 @@ class SubspaceEditParams:
     """With the search: the grid 1/steps, 2/steps, …, 1."""
     tolerance: float = 0.0
     """With the search: the share of the stamped non-target D_U allowed to still go to the target."""
+    search: Literal["universal", "nc"] = "universal"
+    """Without the trigger, where the stand-in trigger comes from: ``universal`` = the universal
+    perturbation search (``defenses/universal_search.py``: additive and warp, every class at once,
+    its own detection); ``nc`` = Neural Cleanse's mask search and MAD test (the previous release;
+    docs/method.md, "Unknown backdoor", compares them)."""
+    search_steps: int = 40
+    """With ``search=universal``: the search's largest number of steps (``UniversalSearchParams.steps``)."""
     search_epochs: int = 80
-    """Without the trigger: epochs of Neural Cleanse's trigger search per class (``nc``'s
+    """With ``search=nc``: epochs of Neural Cleanse's trigger search per class (``nc``'s
     ``reverse_epochs``; its other search settings are NC's defaults)."""
     unflagged: Literal["keep", "smallest"] = "keep"
     """Under ``none``, when NC's MAD test flags no class: ``keep`` the model unchanged (NC's rule)
@@ -135,6 +143,10 @@ class SubspaceEditParams:
             raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
         if self.search_epochs < 1:
             raise ValueError(f"search_epochs must be >= 1, got {self.search_epochs}")
+        if self.search not in ("universal", "nc"):
+            raise ValueError(f"search must be universal or nc, got {self.search!r}")
+        if self.search_steps < 1:
+            raise ValueError(f"search_steps must be >= 1, got {self.search_steps}")
         if not 0.0 < self.energy <= 1.0:
             raise ValueError(f"energy must be in (0, 1], got {self.energy}")
         if self.rank != "auto" and self.rank < 0:
@@ -353,7 +365,29 @@ class TriggerSource:
     stamped: Tensor
     target: int
     source: str
-    """``attack`` (the trigger was given) or ``reversed`` (Neural Cleanse's search)."""
+    """``attack`` (the trigger was given), ``universal`` (the universal perturbation search) or
+    ``reversed`` (Neural Cleanse's search)."""
+
+
+def universal_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceEditParams) -> TriggerSource | None:
+    """The universal perturbation search (``defenses/universal_search.py``): for the known target,
+    or its own detection under ``none``. None = nothing detected and ``unflagged=keep``."""
+    params = UniversalSearchParams(steps=p.search_steps)
+    detection = detect_backdoor(model, ctx.unlearn.x, ctx.unlearn.y, ctx.num_classes, params, ctx.device, ctx.seed,
+                                target=ctx.target_class, progress=ctx.progress)
+    ctx.log_metric("ours-proj.detected", float(detection.detected), None)
+    ctx.log_metric("ours-proj.detected_class", float(detection.target if detection.detected else -1), None)
+    ctx.log_metric("ours-proj.suspected_class", float(detection.target), None)
+    ctx.log_metric("ours-proj.detection_score", detection.score, None)
+    ctx.log_metric("ours-proj.detection_threshold", detection.threshold, None)
+    ctx.log_metric("ours-proj.detection_family", float(("additive", "warp").index(detection.family)), None)
+    for name, result in detection.families.items():
+        ctx.log_metric(f"ours-proj.{name}_gap", result.gap(ctx.target_class), None)
+    if ctx.target_class is None and not detection.detected and p.unflagged == "keep":
+        return None
+    chosen = detection.families[detection.family]
+    stamped = apply_perturbation(detection.family, chosen.perturbations[detection.target], ctx.unlearn.x)
+    return TriggerSource(stamped=stamped, target=detection.target, source="universal")
 
 
 def reversed_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceEditParams) -> TriggerSource | None:
@@ -400,7 +434,8 @@ class SubspaceEditing(Defense):
             source: TriggerSource | None = TriggerSource(stamp(ctx.attack, x, self.name), ctx.attack.target_class, "attack")
         else:
             started = time.perf_counter()
-            source = reversed_trigger_source(model, ctx, p)
+            find = universal_trigger_source if p.search == "universal" else reversed_trigger_source
+            source = find(model, ctx, p)
             ctx.log_metric("ours-proj.search_seconds", time.perf_counter() - started, None)
         if source is None:  # nothing flagged under `none`, unflagged=keep: no backdoor found, no edit
             ctx.log_metric("ours-proj.scale", 0.0, None)
