@@ -56,7 +56,7 @@ and the field's trigger-free defenses."""
 
 
 def run_row(victim: Any, text: str, n: int, draw: int, registries: Any) -> dict[str, float]:
-    row = parse_row(text, Knowledge.NONE, registries)
+    row = parse_row(text, Knowledge.TRIGGER, registries)  # as bdtool compare: a row names what it gives up
     logged: dict[str, float] = {}
     ctx = defense_context(victim, row.defense_cls, n, draw, CPU, trigger=row.knowledge is Knowledge.TRIGGER,
                           target=row.knowledge is not Knowledge.NONE,
@@ -94,11 +94,11 @@ def main() -> None:
     parser.add_argument("--victim-seeds", default="0,1,2")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--samples", type=int, default=50)
-    parser.add_argument("--rows", default=",".join(ROWS), help="row texts separated by ';' or ','-free names")
+    parser.add_argument("--rows", default=",".join(ROWS), help="row texts (bdtool compare --defense values) separated by ';'")
     parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db")
     parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args()
-    rows = args.rows.split(";") if ";" in args.rows else ROWS if args.rows == ",".join(ROWS) else args.rows.split(";")
+    rows = ROWS if args.rows == ",".join(ROWS) else args.rows.split(";")
     registries = get_registries()
     env = RunEnv(registries=registries, device=CPU, tracking_uri=args.tracking_uri, experiment="trigger-free")
     records: list[dict[str, Any]] = []

@@ -18,7 +18,8 @@ For every class c the search is a projected gradient descent on the targeted cro
 samples of D_U whose label is not c, inside an L2 ball whose radius grows geometrically each
 step (``start``, ``growth``); c's radius ε_c is the first at which ``rate`` of them go to c. All
 classes move in one batch; a class leaves the batch once it is reached, so the search costs at
-most ``steps`` forward/backward passes of C·k images.
+most ``steps`` forward/backward passes of C·k images, and it stops as soon as the verdict is
+settled (the second class reached).
 
 Detection: per family, the gap g = ln(ε_(2)/ε_(1)) between the smallest and the second smallest
 radius (a class never reached counts as the last radius tried). The score is g divided by the
@@ -168,8 +169,10 @@ def _probe_sets(y: Tensor, num_classes: int, k: int, seed: int) -> Tensor:
 
 
 def search_family(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, family: str,
-                  p: UniversalSearchParams, device: torch.device, seed: int) -> FamilyResult:
-    """The growing-radius search (module docstring) for one family; the model is not changed."""
+                  p: UniversalSearchParams, device: torch.device, seed: int, target: int | None = None) -> FamilyResult:
+    """The growing-radius search (module docstring) for one family; the model is not changed. It
+    stops once the verdict is settled: two classes reached (``target`` None), or ``target`` and one
+    other class; the classes not reached keep radius ``math.inf``."""
     probes = x[_probe_sets(y, num_classes, p.samples_per_class, seed)].to(device)  # C × k × ch × H × W
     k = probes.shape[1]
     if family == "additive":
@@ -188,7 +191,8 @@ def search_family(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, fami
     with frozen_eval(model):
         for _ in range(p.steps):
             interrupts.check()
-            if not active:
+            reached = [c for c in range(num_classes) if math.isfinite(radii[c])]
+            if not active or (len(reached) >= 2 and (target is None or target in reached)):
                 break
             index = torch.tensor(active, device=device)
             delta = perturbation[index].clone().requires_grad_(True)
@@ -228,7 +232,7 @@ def detect_backdoor(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, p:
     known) the verdict is about that class: the family with the larger gap for it decides."""
     results: dict[str, FamilyResult] = {}
     for i, family in enumerate(p.family_list()):
-        results[family] = search_family(model, x, y, num_classes, family, p, device, seed)
+        results[family] = search_family(model, x, y, num_classes, family, p, device, seed, target)
         if progress is not None:
             progress("universal trigger search", i + 1, len(p.family_list()))
     scored = {name: r.gap(target) / r.threshold for name, r in results.items()}

@@ -145,13 +145,13 @@ def test_the_whitened_edit_keeps_more_of_the_class_than_the_orthogonal_projectio
 
 
 def test_without_the_trigger_the_reversed_trigger_removes_the_backdoor_and_keeps_the_class(digits_victim, make_context):
-    """knowledge=target: Neural Cleanse's trigger for the known target stands in for the trigger;
+    """knowledge=target, search=nc: Neural Cleanse's trigger for the known target stands in for the trigger;
     the class survives where the classifier edit (and the null row) delete it."""
     ctx = make_context(n=50, seed=0, bdk=False)
     assert ctx.attack is None and ctx.target_class == digits_victim.attack.target_class
     logged: dict[str, float] = {}
     ctx.log_metric = lambda key, value, step=None: logged.__setitem__(key, value)
-    result = defended(digits_victim, ctx, "ours-proj", {"search_epochs": "40"})
+    result = defended(digits_victim, ctx, "ours-proj", {"search": "nc", "search_epochs": "40"})
     before = digits_victim.before
     assert result.asr <= 0.05 < before.asr
     assert result.ctca >= 0.5 * before.ctca

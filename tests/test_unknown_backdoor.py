@@ -1,0 +1,118 @@
+"""The trigger-free path (defenses/universal_search.py and ours-proj's ``search=universal``):
+it finds the digits victim's backdoor and target from D_U alone, leaves a clean victim alone, never
+sees the trigger, the target or the evaluation half, and ``bdtool scan`` says so."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bdtool.cli import main
+from bdtool.core.experiment.context import defense_context
+from bdtool.defenses.activation_subspace import SubspaceEditing
+from bdtool.defenses.universal_search import (FamilyResult, UniversalSearchParams, apply_perturbation,
+                                              detect_backdoor, warp_images)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def clean_victim(run_env):
+    """A digits victim trained without any poisoned sample (``--poison-rate 0``)."""
+    from bdtool.core.experiment.victim import VictimSpec, get_victim
+
+    return get_victim(VictimSpec(poison_rate=0.0), run_env)
+
+
+def _trigger_free_context(victim, seed=0):
+    ctx = defense_context(victim, SubspaceEditing, 50, seed, CPU, trigger=False, target=False)
+    assert ctx.attack is None and ctx.target_class is None
+    return ctx
+
+
+def test_the_gap_is_the_log_ratio_of_the_two_smallest_radii_and_zero_for_a_class_never_reached():
+    result = FamilyResult("additive", [0.2, 0.5, math.inf, 0.4], torch.zeros(4, 1), last_radius=0.8, threshold=0.2)
+    assert result.smallest() == 0
+    assert result.gap() == pytest.approx(math.log(0.4 / 0.2))
+    assert result.gap(target=3) == pytest.approx(math.log(0.2 / 0.4))  # not the smallest: negative
+    assert result.gap(target=2) == 0.0  # never reached: no evidence
+
+
+def test_a_zero_warp_is_the_identity_and_perturbations_stay_in_the_unit_range():
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(warp_images(x, torch.zeros(1, 2, 4, 4)), x, atol=1e-5)
+    assert torch.allclose(apply_perturbation("warp", torch.zeros(2, 4, 4), x), x, atol=1e-5)
+    pushed = apply_perturbation("additive", torch.full((1, 8, 8), 3.0), x)
+    assert float(pushed.min()) >= 0.0 and float(pushed.max()) <= 1.0
+
+
+def test_the_search_finds_the_backdoor_and_its_target_from_d_u_alone(digits_victim, monkeypatch):
+    """A trigger-free run: the attack is not in the context, the attack cannot stamp (it raises
+    if anything calls it), and D_U comes from the unseen pool, not the evaluation half."""
+    ctx = _trigger_free_context(digits_victim)
+
+    def no_trigger(*args, **kwargs):
+        raise AssertionError("a trigger-free search stamped with the real trigger")
+
+    monkeypatch.setattr(type(digits_victim.attack), "apply", no_trigger)
+    evaluation = {tuple(row.flatten().tolist()) for row in digits_victim.data.evaluation.x}
+    assert not any(tuple(row.flatten().tolist()) in evaluation for row in ctx.unlearn.x)
+    detection = detect_backdoor(digits_victim.model, ctx.unlearn.x, ctx.unlearn.y, ctx.num_classes,
+                                UniversalSearchParams(), CPU, seed=0)
+    assert detection.detected and detection.target == 0 == digits_victim.spec.target
+    assert detection.score > 1.0
+
+
+def test_a_clean_victim_is_not_flagged_and_comes_back_unchanged(clean_victim):
+    ctx = _trigger_free_context(clean_victim)
+    logged: dict[str, float] = {}
+    ctx.log_metric = lambda key, value, step=None: logged.__setitem__(key, value)
+    before = {k: v.clone() for k, v in clean_victim.model.state_dict().items()}
+    defense = SubspaceEditing(SubspaceEditing.make_params({}))
+    model = defense.defend(clean_victim.fresh_copy(), ctx)
+    assert logged["ours-proj.detected"] == 0.0 and logged["ours-proj.detected_class"] == -1.0
+    assert logged["ours-proj.detection_score"] <= logged["ours-proj.detection_threshold"]
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_backdoored_victim_is_edited_and_its_backdoor_removed(digits_victim):
+    from bdtool.core.experiment.evaluation import evaluate
+
+    ctx = _trigger_free_context(digits_victim)
+    logged: dict[str, float] = {}
+    ctx.log_metric = lambda key, value, step=None: logged.__setitem__(key, value)
+    model = SubspaceEditing(SubspaceEditing.make_params({})).defend(digits_victim.fresh_copy(), ctx)
+    result = evaluate(model, digits_victim.data.evaluation, digits_victim.attack, 10, CPU)
+    assert logged["ours-proj.detected"] == 1.0 and logged["ours-proj.detected_class"] == 0.0
+    assert result.asr <= 0.05 < digits_victim.before.asr
+    assert result.ctca >= 0.9 * digits_victim.before.ctca and result.acc >= 0.97 * digits_victim.before.acc
+
+
+@pytest.mark.parametrize("options, message", [
+    ("search=magic", "search='magic' is not one of universal, nc"),
+    ("search_steps=0", "search_steps must be >= 1"),
+])
+def test_bad_search_options_are_refused_in_one_line(mlflow_store, options, message):
+    result = CliRunner().invoke(main, ["compare", "--defense", f"ours-proj:{options}", "--tracking-uri", mlflow_store,
+                                       "--samples", "5", "--seeds", "1"])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_scan_names_the_digits_victims_target_and_clears_the_clean_one(mlflow_store, digits_victim, clean_victim):
+    runner = CliRunner()
+    found = runner.invoke(main, ["scan", "--tracking-uri", mlflow_store, "--json"])
+    assert found.exit_code == 0, found.output
+    verdict = json.loads(found.stdout)
+    assert verdict["backdoor"] is True and verdict["suspected_target"] == 0
+    assert verdict["score"] > verdict["threshold"] and verdict["seconds"] > 0
+    clean = runner.invoke(main, ["scan", "--tracking-uri", mlflow_store, "--poison-rate", "0"])
+    assert clean.exit_code == 0, clean.output
+    assert "no backdoor found" in clean.output
+    refused = runner.invoke(main, ["scan", "--tracking-uri", mlflow_store, "--samples", "100000"])
+    assert refused.exit_code != 0 and "unseen pool holds only" in refused.output and "Traceback" not in refused.output
