@@ -11,6 +11,34 @@ import torch
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+from bdtool.core.interfaces import Defense  # noqa: E402 - after the thread setting
+
+
+# Test doubles shared by the test files (``from conftest import Explodes``). A file that registers
+# one subclasses it with a name of its own (``class Explodes(conftest.Explodes): name = "..."``),
+# so that its runs and assertions stay apart from the other files'.
+
+
+class Explodes(Defense):
+    """A defense that always fails: ``apply`` raises ``RuntimeError(message)``."""
+
+    name = "test-explode"
+    label = "Explode"
+    message = "this defense always fails"
+
+    def apply(self, model, ctx):
+        raise RuntimeError(self.message)
+
+
+class Passes(Defense):
+    """A defense that changes nothing: ``apply`` returns the model as it came."""
+
+    name = "test-fine"
+    label = "Fine"
+
+    def apply(self, model, ctx):
+        return model
+
 
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:

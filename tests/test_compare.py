@@ -3,6 +3,7 @@
 import json
 from dataclasses import dataclass
 
+import conftest
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -34,12 +35,8 @@ class ShrinkClassifier(Defense):
         return model
 
 
-class Exploding(Defense):
+class Exploding(conftest.Explodes):
     name = "test-explode"
-    label = "Explode"
-
-    def apply(self, model, ctx):
-        raise RuntimeError("this defense always fails")
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ ray = pytest.importorskip("ray", reason="the Ray executor's tests need ray (pip 
 
 
 class Explodes(api.Defense):
+    # Not conftest's double: a Ray worker unpickles this class by reference, and it can import
+    # this test module but not conftest.
     name = "test-exec-explode"
     label = "Explode"
 
