@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from bdtool import api
 from bdtool.cli.main import main
 from bdtool.core.experiment.executor import LocalExecutor
-from bdtool.core.experiment.resume import COMPARISON_KEY_TAG
+from bdtool.core.tracking.tags import COMPARISON_KEY_TAG
 from bdtool.core.experiment.rows import parse_rows
 from bdtool.core.experiment.runner import CompareConfig, run_comparison
 from bdtool.core.experiment.victim import VictimSpec

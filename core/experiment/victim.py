@@ -27,9 +27,12 @@ from bdtool.core.experiment.splits import ExperimentData, prepare_experiment
 from bdtool.core.experiment.weights import fit_weights, read_weights
 from bdtool.core.interfaces import Attack, AttackContext, DatasetSource
 from bdtool.core.results import EvalResult
-from bdtool.core.tracking import KIND_TAG, VICTIM_HASH_TAG
 from bdtool.core.tracking.locks import file_lock
 from bdtool.core.tracking.serialization import DamagedModelFileError
+from bdtool.core.tracking.inputs import log_dataset_input
+from bdtool.core.tracking.locations import victim_lock_path
+from bdtool.core.tracking.models import mark_damaged
+from bdtool.core.tracking.tags import DAMAGED_TAG, KIND_TAG, SOURCE_SHA256_TAG, SOURCE_TAG, VICTIM_HASH_TAG
 
 VICTIM_RECIPE_VERSION = 1
 """Bump when training code changes in a way that should invalidate cached victims."""
@@ -192,7 +195,7 @@ def find_cached_run(digest: str) -> str | None:
         max_results=50,
     )
     # MLflow's filter has no "tag is absent": damaged runs are skipped here.
-    return next((r.info.run_id for r in runs if tracking.store.DAMAGED_TAG not in r.data.tags), None)
+    return next((r.info.run_id for r in runs if DAMAGED_TAG not in r.data.tags), None)
 
 
 def _notice(env: RunEnv, text: str) -> None:
@@ -229,7 +232,7 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
     uri = tracking.setup_tracking(env.tracking_uri)
     # Processes needing the same victim train it once: the lock is held from the lookup to the
     # logged run; a second process waits, then finds the run (docs/architecture.md, "Victims").
-    lock = tracking.store.victim_lock_path(uri, digest)
+    lock = victim_lock_path(uri, digest)
     with file_lock(lock, on_wait=lambda: _notice(env, f"waiting for another bdtool process training victim {digest}")):
         victim = _get_or_train(spec, env, retrain, bundle, attack, data, train_config, digest, uri,
                                poison_seconds, clean.victim)
@@ -267,7 +270,7 @@ def _get_or_train(spec: VictimSpec, env: RunEnv, retrain: bool, bundle: DataBund
         except (DamagedModelFileError, RuntimeError) as exc:  # RuntimeError: wrong keys or shapes
             reason = exc.reason if isinstance(exc, DamagedModelFileError) else \
                 f"model/state_dict.pt does not fit {spec.model} ({str(exc).strip().splitlines()[0][:160]})"
-            tracking.store.mark_damaged(cached, reason)
+            mark_damaged(cached, reason)
             _notice(env, f"cached victim {digest} (run {cached}) is damaged: {reason}; training it again")
         else:
             model.to(env.device).eval()
@@ -293,11 +296,11 @@ def _get_or_train(spec: VictimSpec, env: RunEnv, retrain: bool, bundle: DataBund
             **{f"train.{k}": v for k, v in asdict(train_config).items()},
         })
 
-        tracking.store.log_dataset_input(
+        log_dataset_input(
             data.train, f"{spec.dataset} poisoned train", "training", dataset=spec.dataset,
             split=f"train ({spec.attack}, poison rate {spec.poison_rate:g})", n=len(data.train),
             n_poisoned=len(data.poisoned_indices), seed=spec.seed)
-        tracking.store.log_dataset_input(data.evaluation, f"{spec.dataset} evaluation", "evaluation",
+        log_dataset_input(data.evaluation, f"{spec.dataset} evaluation", "evaluation",
                                          dataset=spec.dataset, split="test (evaluation half)", n=len(data.evaluation))
 
         def on_epoch(epoch: int, loss: float) -> None:
@@ -325,11 +328,6 @@ def _get_or_train(spec: VictimSpec, env: RunEnv, retrain: bool, bundle: DataBund
     return Victim(spec, digest, attack, bundle, data, model, before, run.info.run_id, False, seconds, train_config)
 
 
-SOURCE_TAG = "bdtool.victim_source"
-"""Where a user's victim came from (``--victim``: the path or MLflow URI as given)."""
-SOURCE_SHA256_TAG = "bdtool.victim_source_sha256"
-
-
 def _user_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Attack, data: ExperimentData,
                  train_config: TrainConfig) -> Victim:
     """The user's weights (``spec.source``) as the victim: fitted to ``spec.model`` for the
@@ -347,7 +345,7 @@ def _user_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Atta
     model.to(env.device).eval()
     before = evaluate(model, data.evaluation, attack, bundle.num_classes, env.device)
     digest = config_hash(spec, attack, train_config, bundle, weights_sha256=weights.sha256)
-    lock = tracking.store.victim_lock_path(uri, digest)
+    lock = victim_lock_path(uri, digest)
     with file_lock(lock):
         cached = find_cached_run(digest)
         if cached is not None:
@@ -364,7 +362,7 @@ def _user_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Atta
                 "n_pool": len(data.pool), "n_eval": len(data.evaluation),
                 **{f"attack.{k}": v for k, v in attack.params_dict().items()},
             })
-            tracking.store.log_dataset_input(data.evaluation, f"{spec.dataset} evaluation", "evaluation",
+            log_dataset_input(data.evaluation, f"{spec.dataset} evaluation", "evaluation",
                                              dataset=spec.dataset, split="test (evaluation half)",
                                              n=len(data.evaluation))
             mlflow.log_metrics({"final_acc": before.acc, "final_asr": before.asr, "final_ctca": before.ctca,
