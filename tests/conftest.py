@@ -48,7 +48,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def run_env(mlflow_store: str):
-    from bdtool.core.experiment.victim import RunEnv
+    from bdtool.core.experiment.env import RunEnv
     from bdtool.plugins import get_registries
 
     return RunEnv(registries=get_registries(), device=torch.device("cpu"), tracking_uri=mlflow_store,
@@ -58,7 +58,8 @@ def run_env(mlflow_store: str):
 @pytest.fixture(scope="session")
 def digits_victim(run_env):
     """The default victim (digits, small CNN, BadNets, target 0): trains in a few seconds."""
-    from bdtool.core.experiment.victim import VictimSpec, get_victim
+    from bdtool.core.experiment.victim import get_victim
+    from bdtool.core.experiment.victim_spec import VictimSpec
 
     return get_victim(VictimSpec(), run_env)
 

@@ -19,7 +19,7 @@ from bdtool.core.experiment.executor import LocalExecutor
 from bdtool.core.tracking.tags import COMPARISON_KEY_TAG
 from bdtool.core.experiment.rows import parse_rows
 from bdtool.core.experiment.runner import CompareConfig, run_comparison
-from bdtool.core.experiment.victim import VictimSpec
+from bdtool.core.experiment.victim_spec import VictimSpec
 from bdtool.core.interfaces import Knowledge
 
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need ray (pip install 'bdtool[ray]')")

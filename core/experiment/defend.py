@@ -30,7 +30,8 @@ from bdtool.core.experiment.context import data_context
 from bdtool.core.experiment.evaluation import predict
 from bdtool.core.experiment.rows import RowSpec, parse_row, split_row_text
 from bdtool.core.experiment.splits import ExperimentData
-from bdtool.core.experiment.victim import RunEnv, build_attack, build_model, load_dataset
+from bdtool.core.experiment.components import build_attack, build_model, load_dataset
+from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.weights import fit_weights, read_weights
 from bdtool.core.interfaces import Attack, Knowledge
 from bdtool.core.tensors import LabeledTensors

@@ -12,41 +12,27 @@ comparison (core/experiment/resume.py) runs only the tasks it does not have FINI
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bdtool.core import interrupts, tracking
 from bdtool.core.errors import BdtoolError
+from bdtool.core.experiment.compare_config import CompareConfig
+from bdtool.core.experiment.components import load_dataset
+from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.executor import Executor, LocalExecutor
 from bdtool.core.experiment.output import log_summary_artifacts, publish
 from bdtool.core.experiment.report import Summary, aggregate, format_markdown, row_sizes, write_report
 from bdtool.core.experiment.resume import AUTO, comparison_key, find_resume_point, split_tasks
-from bdtool.core.experiment.rows import RowSpec
 from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.tasks import RunOutcome, RunTask, TaskJob, finite_or_none, namespaced
-from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, load_dataset
+from bdtool.core.experiment.victim_spec import Victim
 from bdtool.core.tracking.failures import is_store_error, store_error_line
 from bdtool.core.tracking.inputs import dataset_input
 from bdtool.core.tracking.runs import set_description
 
 __all__ = ["CompareConfig", "ComparisonResult", "RunOutcome", "comparison_tasks", "failed_outcomes",
            "failure_details", "failure_reason", "finite_or_none", "namespaced", "run_comparison", "validate_samples"]
-
-
-@dataclass
-class CompareConfig:
-    spec: VictimSpec
-    rows: list[RowSpec]
-    samples: list[int] = field(default_factory=lambda: [50])
-    seeds: int = 3
-    log_models: bool = True
-    output_dir: str | None = None
-    """Also copy the summary (Markdown, CSV, JSON, plots) here, as logged to the parent run."""
-    metrics: list[str] = field(default_factory=list)
-    """The metric columns of the table, in order; empty = every registered metric. Every
-    registered metric is computed and logged whatever is shown."""
-    resume: str | None = None
-    """A comparison's parent run id, or ``auto``: continue it (core/experiment/resume.py)."""
 
 
 @dataclass

@@ -18,7 +18,8 @@ from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.experiment.context import defense_context
 from bdtool.core.experiment.evaluation import compute_metrics, evaluate
 from bdtool.core.experiment.rows import RowSpec
-from bdtool.core.experiment.victim import RunEnv, Victim
+from bdtool.core.experiment.env import RunEnv
+from bdtool.core.experiment.victim_spec import Victim
 from bdtool.core.interfaces import Knowledge
 from bdtool.core.results import EvalResult
 from bdtool.core.tracking.failures import ArtifactLogError, is_store_error, store_error_line
