@@ -22,7 +22,9 @@ import torch
 
 from bdtool.core.experiment.context import defense_context
 from bdtool.core.experiment.evaluation import evaluate
-from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, get_victim
+from bdtool.core.experiment.env import RunEnv
+from bdtool.core.experiment.victim import get_victim
+from bdtool.core.experiment.victim_spec import Victim, VictimSpec
 from bdtool.core.interfaces import Defense, DefenseContext, Knowledge
 from bdtool.core.results import EvalResult
 

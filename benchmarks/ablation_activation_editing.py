@@ -44,7 +44,9 @@ from bdtool.core.experiment.context import defense_context  # noqa: E402
 from bdtool.core.experiment.evaluation import evaluate, score  # noqa: E402
 from bdtool.core.interfaces import DefenseContext  # noqa: E402
 from bdtool.core.results import EvalResult  # noqa: E402
-from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, get_victim  # noqa: E402
+from bdtool.core.experiment.env import RunEnv  # noqa: E402
+from bdtool.core.experiment.victim import get_victim  # noqa: E402
+from bdtool.core.experiment.victim_spec import Victim, VictimSpec  # noqa: E402
 from bdtool.defenses.activation_editing import ActivationEditing, infer_target_class  # noqa: E402
 from bdtool.defenses.finetune_repair import FinetuneRepair  # noqa: E402
 from bdtool.plugins import get_registries  # noqa: E402

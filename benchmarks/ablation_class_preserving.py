@@ -28,7 +28,9 @@ import torch  # noqa: E402
 from bdtool.core.errors import BdtoolError  # noqa: E402
 from bdtool.core.experiment.context import defense_context  # noqa: E402
 from bdtool.core.experiment.evaluation import evaluate, score  # noqa: E402
-from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim  # noqa: E402
+from bdtool.core.experiment.env import RunEnv  # noqa: E402
+from bdtool.core.experiment.victim import get_victim  # noqa: E402
+from bdtool.core.experiment.victim_spec import VictimSpec  # noqa: E402
 from bdtool.defenses.activation_subspace import SubspaceEditing  # noqa: E402
 from bdtool.plugins import get_registries  # noqa: E402
 

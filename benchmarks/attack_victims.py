@@ -54,7 +54,10 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     from bdtool.core.experiment.progress import ProgressPrinter
-    from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim, load_dataset
+    from bdtool.core.experiment.components import load_dataset
+    from bdtool.core.experiment.env import RunEnv
+    from bdtool.core.experiment.victim import get_victim
+    from bdtool.core.experiment.victim_spec import VictimSpec
     from bdtool.plugins import get_registries
 
     env = RunEnv(registries=get_registries(), device=torch.device("cpu"), tracking_uri=args.tracking_uri,

@@ -27,7 +27,9 @@ import torch
 from bdtool.core.compute.device import timed
 from bdtool.core.experiment.context import defense_context
 from bdtool.core.experiment.evaluation import evaluate, score
-from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim
+from bdtool.core.experiment.env import RunEnv
+from bdtool.core.experiment.victim import get_victim
+from bdtool.core.experiment.victim_spec import VictimSpec
 from bdtool.plugins import get_registries
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -44,7 +44,8 @@ from bdtool.core.experiment.executor import LocalExecutor  # noqa: E402
 from bdtool.core.experiment.ray_executor import RayExecutor  # noqa: E402
 from bdtool.core.experiment.rows import parse_rows  # noqa: E402
 from bdtool.core.experiment.runner import CompareConfig, run_comparison  # noqa: E402
-from bdtool.core.experiment.victim import RunEnv, VictimSpec  # noqa: E402
+from bdtool.core.experiment.env import RunEnv  # noqa: E402
+from bdtool.core.experiment.victim_spec import VictimSpec  # noqa: E402
 from bdtool.core.interfaces import Knowledge  # noqa: E402
 from bdtool.plugins import get_registries  # noqa: E402
 

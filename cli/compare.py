@@ -41,7 +41,7 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     from bdtool.core.interfaces import Knowledge
     from bdtool.core.experiment.rows import parse_rows
     from bdtool.core.experiment.runner import CompareConfig, failed_outcomes, failure_details, run_comparison
-    from bdtool.core.experiment.victim import dataset_source
+    from bdtool.core.experiment.components import dataset_source
 
     registries = env.registries
     # Validate everything before any work starts or any run is created.

@@ -22,7 +22,9 @@ from bdtool.core import interrupts
 from bdtool.core.compute.device import resolve_device
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.progress import ProgressPrinter
-from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim
+from bdtool.core.experiment.env import RunEnv
+from bdtool.core.experiment.victim import get_victim
+from bdtool.core.experiment.victim_spec import VictimSpec
 from bdtool.core.params import params_to_dict
 from bdtool.plugins import get_registries
 

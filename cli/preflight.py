@@ -10,7 +10,7 @@ from bdtool.core.tracking.checks import check_store
 
 def preflight(tracking_uri: str | None, output: str | None = None) -> None:
     """Check the store ``tracking_uri`` would resolve to, then create and probe ``output``."""
-    from bdtool.core.tracking.store import resolve_tracking_uri
+    from bdtool.core.tracking.locations import resolve_tracking_uri
 
     check_store(resolve_tracking_uri(tracking_uri))
     if output:

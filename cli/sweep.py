@@ -12,7 +12,7 @@ from bdtool.cli.executors import make_executor
 from bdtool.cli.options import env_options, executor_options, victim_options, victim_source_option
 from bdtool.cli.preflight import preflight
 from bdtool.core.experiment.splits import split_test
-from bdtool.core.experiment.victim import load_dataset
+from bdtool.core.experiment.components import load_dataset
 
 
 @main.command()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 import torch
 from torch import Tensor, nn
 
+from bdtool.core.callbacks import MetricLogFn, ProgressFn, _no_metric, _no_progress
 from bdtool.core.errors import BdtoolError, DefenseInputError
 from bdtool.core.params import build_params, params_to_dict
 from bdtool.core.tensors import LabeledTensors
@@ -137,20 +138,6 @@ class Attack(_Parametrised, ABC):
 
 
 # --------------------------------------------------------------------------- defenses
-
-ProgressFn = Callable[[str, int, int], None]
-"""progress(label, done, total)."""
-MetricLogFn = Callable[[str, float, "int | None"], None]
-"""log_metric(key, value, step)."""
-
-
-def _no_progress(label: str, done: int, total: int) -> None:
-    return None
-
-
-def _no_metric(key: str, value: float, step: int | None = None) -> None:
-    return None
-
 
 class Knowledge(str, enum.Enum):
     """What the defender of a row knows about the backdoor (docs/architecture.md, "Threat models").
@@ -350,6 +337,9 @@ class DatasetSource(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     takes_location: ClassVar[bool] = False
+    victim_recipe: ClassVar["TrainConfig | None"] = None
+    """The SGD recipe bdtool trains a victim with on this dataset (epochs, lr, batch size, ...);
+    None: the core's default for colour 32x32 sets (``victim_spec.DEFAULT_RECIPE``, 40 epochs)."""
 
     def __init__(self, location: str | None = None) -> None:
         self.location = location

@@ -11,6 +11,34 @@ import torch
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+from bdtool.core.interfaces import Defense  # noqa: E402 - after the thread setting
+
+
+# Test doubles shared by the test files (``from conftest import Explodes``). A file that registers
+# one subclasses it with a name of its own (``class Explodes(conftest.Explodes): name = "..."``),
+# so that its runs and assertions stay apart from the other files'.
+
+
+class Explodes(Defense):
+    """A defense that always fails: ``apply`` raises ``RuntimeError(message)``."""
+
+    name = "test-explode"
+    label = "Explode"
+    message = "this defense always fails"
+
+    def apply(self, model, ctx):
+        raise RuntimeError(self.message)
+
+
+class Passes(Defense):
+    """A defense that changes nothing: ``apply`` returns the model as it came."""
+
+    name = "test-fine"
+    label = "Fine"
+
+    def apply(self, model, ctx):
+        return model
+
 
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -20,7 +48,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def run_env(mlflow_store: str):
-    from bdtool.core.experiment.victim import RunEnv
+    from bdtool.core.experiment.env import RunEnv
     from bdtool.plugins import get_registries
 
     return RunEnv(registries=get_registries(), device=torch.device("cpu"), tracking_uri=mlflow_store,
@@ -30,7 +58,8 @@ def run_env(mlflow_store: str):
 @pytest.fixture(scope="session")
 def digits_victim(run_env):
     """The default victim (digits, small CNN, BadNets, target 0): trains in a few seconds."""
-    from bdtool.core.experiment.victim import VictimSpec, get_victim
+    from bdtool.core.experiment.victim import get_victim
+    from bdtool.core.experiment.victim_spec import VictimSpec
 
     return get_victim(VictimSpec(), run_env)
 

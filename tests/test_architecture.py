@@ -1,8 +1,9 @@
 """The layers of docs/architecture.md ("Layers"), checked on the source: every bdtool import of
-every module, including imports inside functions (``if TYPE_CHECKING:`` imports are for
-annotations only and are skipped), parsed with ``ast``.
+every module, including imports inside functions, parsed with ``ast``. ``if TYPE_CHECKING:``
+imports are for annotations only: the layer rules skip them, the cycle check counts them.
 
-- no import cycle between modules;
+- no import cycle between modules, counting ``if TYPE_CHECKING:`` imports too (a type-level cycle
+  is still two modules that cannot be read apart);
 - contracts (``bdtool.core.{interfaces,errors,params,registry,tensors,data,results}``) import only
   contracts; nothing in ``bdtool.core`` imports ``bdtool.plugins``, ``bdtool.defenses`` or
   ``bdtool.cli``; built-in plugins and defenses never import the CLI;
@@ -27,7 +28,8 @@ PACKAGE_DIRS = {  # folder -> module prefix (pyproject's [tool.setuptools.packag
 EXCLUDED = (ROOT / "plugins" / "examples",)  # third-party examples, not part of the package
 
 CONTRACTS = {f"bdtool.core.{name}" for name in
-             ("interfaces", "errors", "params", "registry", "tensors", "data", "results", "interrupts")}
+             ("interfaces", "errors", "params", "registry", "tensors", "data", "results", "interrupts",
+              "callbacks")}
 CONTRACTS.add("bdtool.core")  # the package's __init__ (a docstring only)
 
 
@@ -61,14 +63,15 @@ def _resolve(name: str) -> str | None:
     return None
 
 
-def _imports(module: str, path: Path) -> set[tuple[str, int]]:
-    """(imported bdtool module, line) for every import outside ``if TYPE_CHECKING:``."""
+def _imports(module: str, path: Path, type_level: bool = False) -> set[tuple[str, int]]:
+    """(imported bdtool module, line) for every import outside ``if TYPE_CHECKING:`` (and inside
+    it too with ``type_level``)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     is_package = path.name == "__init__.py"
     found: set[tuple[str, int]] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if isinstance(node, ast.If) and _is_type_checking(node.test) and not type_level:
             for child in node.orelse:
                 visit(child)
             return
@@ -99,6 +102,7 @@ def _imports(module: str, path: Path) -> set[tuple[str, int]]:
 
 
 GRAPH: dict[str, set[tuple[str, int]]] = {m: _imports(m, p) for m, p in MODULES.items()}
+TYPE_GRAPH: dict[str, set[tuple[str, int]]] = {m: _imports(m, p, type_level=True) for m, p in MODULES.items()}
 
 
 def _rel(module: str) -> str:
@@ -161,6 +165,17 @@ def test_no_import_cycle():
     graph = {m: {dst for dst, _ in deps} for m, deps in GRAPH.items()}
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_import_cycle_counting_type_checking_imports():
+    graph = {m: {dst for dst, _ in deps} for m, deps in TYPE_GRAPH.items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle (type-level imports included): " + " -> ".join(cycle)
+
+
+def test_the_type_level_graph_sees_type_checking_imports():
+    assert "bdtool.core.compute.training" in {d for d, _ in TYPE_GRAPH["bdtool.core.interfaces"]}
+    assert "bdtool.core.compute.training" not in {d for d, _ in GRAPH["bdtool.core.interfaces"]}
 
 
 def test_contracts_import_only_contracts():

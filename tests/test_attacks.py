@@ -16,7 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.splits import poison_training_set
-from bdtool.core.experiment.victim import VictimSpec, config_hash, get_victim
+from bdtool.core.experiment.victim import get_victim
+from bdtool.core.experiment.victim_key import config_hash
+from bdtool.core.experiment.victim_spec import VictimSpec
 from bdtool.core.interfaces import AttackContext
 from bdtool.plugins import get_registries
 

@@ -3,6 +3,7 @@
 import json
 from dataclasses import dataclass
 
+import conftest
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -34,12 +35,8 @@ class ShrinkClassifier(Defense):
         return model
 
 
-class Exploding(Defense):
+class Exploding(conftest.Explodes):
     name = "test-explode"
-    label = "Explode"
-
-    def apply(self, model, ctx):
-        raise RuntimeError("this defense always fails")
 
 
 @pytest.fixture
@@ -105,7 +102,7 @@ def test_comparison_creates_parent_and_nested_runs(store, test_defenses, tmp_pat
     assert all("this defense always fails" in r.data.tags["bdtool.error"] for r in failed)
 
     # The defended models logged under the victim's hash must never be taken for the victim.
-    from bdtool.core.experiment.victim import find_cached_run
+    from bdtool.core.experiment.victim_cache import find_cached_run
 
     assert find_cached_run(parent.data.tags["bdtool.victim_hash"]) == victim_run_id
 

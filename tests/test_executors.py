@@ -16,16 +16,18 @@ from mlflow.tracking import MlflowClient
 from bdtool import api
 from bdtool.cli.main import main
 from bdtool.core.experiment.executor import LocalExecutor
-from bdtool.core.experiment.resume import COMPARISON_KEY_TAG
+from bdtool.core.tracking.tags import COMPARISON_KEY_TAG
 from bdtool.core.experiment.rows import parse_rows
 from bdtool.core.experiment.runner import CompareConfig, run_comparison
-from bdtool.core.experiment.victim import VictimSpec
+from bdtool.core.experiment.victim_spec import VictimSpec
 from bdtool.core.interfaces import Knowledge
 
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need ray (pip install 'bdtool[ray]')")
 
 
 class Explodes(api.Defense):
+    # Not conftest's double: a Ray worker unpickles this class by reference, and it can import
+    # this test module but not conftest.
     name = "test-exec-explode"
     label = "Explode"
 

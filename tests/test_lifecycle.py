@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import conftest
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -202,20 +203,13 @@ def test_handlers_are_installed_for_the_command_and_restored_after(mlflow_store)
 # Comparison status and exit codes --------------------------------------------------------------
 
 
-class Fine(Defense):
+class Fine(conftest.Passes):
     name = "test-life-fine"
-    label = "Fine"
-
-    def apply(self, model, ctx):
-        return model
 
 
-class Broken(Defense):
+class Broken(conftest.Explodes):
     name = "test-life-broken"
     label = "Broken"
-
-    def apply(self, model, ctx):
-        raise RuntimeError("this defense always fails")
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from PIL import Image
 from bdtool.cli import main
 from bdtool.core import tracking
 from bdtool.core.experiment.evaluation import evaluate
-from bdtool.core.experiment.victim import SOURCE_SHA256_TAG, SOURCE_TAG, build_model
+from bdtool.core.experiment.components import build_model
+from bdtool.core.tracking.tags import SOURCE_SHA256_TAG, SOURCE_TAG
 from bdtool.core.tracking.serialization import file_sha256, load_safetensors, save_safetensors
 from bdtool.plugins import get_registries
 from bdtool.plugins.builtin.attacks import BadNets, ImageTrigger, ImageTriggerParams

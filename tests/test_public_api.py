@@ -7,6 +7,7 @@ import io
 import json
 import time
 
+import conftest
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -36,12 +37,9 @@ def _strict(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-class Explodes(api.Defense):
+class Explodes(conftest.Explodes):
     name = "test-api-explode"
-    label = "Explode"
-
-    def apply(self, model, ctx):
-        raise RuntimeError("boom")
+    message = "boom"
 
 
 class LogsMetrics(api.Defense):

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bdtool.core.tracking import KIND_TAG, VICTIM_HASH_TAG
-from bdtool.core.tracking.store import DAMAGED_TAG, STATE_DICT_DIGEST_TAG, local_artifact_dir
+from bdtool.core.tracking.tags import DAMAGED_TAG, STATE_DICT_DIGEST_TAG
+from bdtool.core.tracking.locations import local_artifact_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from bdtool.cli import main
 from bdtool.core import tracking
+from bdtool.core.tracking.tags import DESCRIPTION_TAG, EXPERIMENT_KIND_TAG
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +84,14 @@ def test_runs_carry_what_the_mlflow_ui_shows(mlflow_store, comparison):
     experiment, _, parent, _ = comparison
     client = MlflowClient(tracking_uri=mlflow_store)
     exp = client.get_experiment_by_name(experiment)
-    assert exp.tags[tracking.store.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
     parent_run = client.get_run(parent)
-    description = parent_run.data.tags[tracking.store.DESCRIPTION_TAG]
+    description = parent_run.data.tags[DESCRIPTION_TAG]
     assert "| Method | n |" in description and "Ours (trigger)" in description
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     assert len(children) == 2
     for run in children:
-        note = run.data.tags[tracking.store.DESCRIPTION_TAG]
+        note = run.data.tags[DESCRIPTION_TAG]
         assert run.data.tags[tracking.ROW_TAG] in note and "n=5, seed=0" in note
         inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
         assert set(inputs) == {"training", "evaluation"}
@@ -103,7 +104,7 @@ def test_runs_carry_what_the_mlflow_ui_shows(mlflow_store, comparison):
 def test_ensure_experiment_marks_an_existing_experiment_as_model_training(mlflow_store):
     client = MlflowClient(tracking_uri=mlflow_store)
     experiment_id = client.create_experiment("made-by-hand")
-    assert tracking.store.EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags
     tracking.setup_tracking(mlflow_store)
     assert tracking.ensure_experiment("made-by-hand", mlflow_store) == experiment_id
-    assert client.get_experiment(experiment_id).tags[tracking.store.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"

@@ -7,7 +7,8 @@ import torch
 from bdtool.plugins.builtin.models import SmallCNN
 from bdtool.core.errors import UnsafeModelFileError
 from bdtool.core.tracking.serialization import load_state_dict, save_state_dict
-from bdtool.core.experiment.victim import VictimSpec, get_victim
+from bdtool.core.experiment.victim import get_victim
+from bdtool.core.experiment.victim_spec import VictimSpec
 from bdtool.core.tracking import VICTIM_HASH_TAG as HASH_TAG
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from bdtool.core import interrupts
-from bdtool.core.interfaces import MetricLogFn, ProgressFn, _no_progress
+from bdtool.core.callbacks import MetricLogFn, ProgressFn, _no_progress
 from bdtool.core.tensors import LabeledTensors
 
 __all__ = [
@@ -71,7 +71,7 @@ class SGDParams:
 
 
 TrainConfig = SGDParams
-"""The name victims' training recipes use (core/experiment/victim.py); the same class."""
+"""The name victims' training recipes use (``DatasetSource.victim_recipe``, core/experiment/victim_spec.py); the same class."""
 
 
 @dataclass

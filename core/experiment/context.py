@@ -21,7 +21,7 @@ from bdtool.core.interfaces import (
 if TYPE_CHECKING:
     from bdtool.core.compute.training import TrainConfig
     from bdtool.core.experiment.splits import ExperimentData
-    from bdtool.core.experiment.victim import Victim
+    from bdtool.core.experiment.victim_spec import Victim
     from bdtool.core.interfaces import Attack
 
 

@@ -30,12 +30,13 @@ from bdtool.core.experiment.context import data_context
 from bdtool.core.experiment.evaluation import predict
 from bdtool.core.experiment.rows import RowSpec, parse_row, split_row_text
 from bdtool.core.experiment.splits import ExperimentData
-from bdtool.core.experiment.victim import (SOURCE_SHA256_TAG, SOURCE_TAG, RunEnv, build_attack, build_model,
-                                           load_dataset)
+from bdtool.core.experiment.components import build_attack, build_model, load_dataset
+from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.weights import fit_weights, read_weights
 from bdtool.core.interfaces import Attack, Knowledge
 from bdtool.core.tensors import LabeledTensors
 from bdtool.core.tracking.serialization import SAFETENSORS_SUFFIX, save_safetensors
+from bdtool.core.tracking.inputs import log_dataset_input
 
 
 @dataclass
@@ -206,8 +207,8 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult:
         with tracking.tracked_run(
             experiment_id=experiment_id, run_name=f"defend {Path(weights.path).name} with {row.label}",
             tags={tracking.KIND_TAG: "defend", tracking.DEFENSE_TAG: row.defense_name, tracking.ROW_TAG: row.label,
-                  tracking.KNOWLEDGE_TAG: row.knowledge.value, SOURCE_TAG: config.weights[:5000],
-                  SOURCE_SHA256_TAG: weights.sha256, **tracking.standard_tags(env.device)},
+                  tracking.KNOWLEDGE_TAG: row.knowledge.value, tracking.SOURCE_TAG: config.weights[:5000],
+                  tracking.SOURCE_SHA256_TAG: weights.sha256, **tracking.standard_tags(env.device)},
             on_error=record_failure,
         ) as run:
             run_id = run.info.run_id
@@ -227,10 +228,10 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult:
                 log_metric=lambda key, value, step=None: mlflow.log_metric(
                     key if key.startswith(f"{row.defense_name}.") else f"{row.defense_name}.{key}", float(value),
                     step=step))
-            tracking.store.log_dataset_input(ctx.unlearn, f"{config.dataset} D_U n={n}", "training",
+            log_dataset_input(ctx.unlearn, f"{config.dataset} D_U n={n}", "training",
                                              dataset=config.dataset, split="folder train part (D_U)", n=n,
                                              seed=config.seed)
-            tracking.store.log_dataset_input(holdout, f"{config.dataset} held out", "evaluation",
+            log_dataset_input(holdout, f"{config.dataset} held out", "evaluation",
                                              dataset=config.dataset, split="folder test part", n=len(holdout))
             seed_everything(config.seed)
             with timed(env.device) as watch:

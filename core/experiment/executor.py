@@ -15,7 +15,9 @@ from typing import Protocol
 
 from bdtool.core.data import DataBundle
 from bdtool.core.experiment.tasks import RunOutcome, RunTask, TaskJob, run_task
-from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, get_victim
+from bdtool.core.experiment.env import RunEnv
+from bdtool.core.experiment.victim import get_victim
+from bdtool.core.experiment.victim_spec import Victim, VictimSpec
 
 
 class Executor(Protocol):

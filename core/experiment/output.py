@@ -24,7 +24,7 @@ from typing import Iterator
 
 from bdtool.core.errors import BdtoolError, first_line
 from bdtool.core.tracking.checks import write_probe
-from bdtool.core.tracking.store import ArtifactLogError
+from bdtool.core.tracking.failures import ArtifactLogError
 
 FILE_MODE = 0o666
 """New files get this mode less the umask (what ``open(path, "w")`` gives)."""

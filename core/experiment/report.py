@@ -18,8 +18,9 @@ from bdtool.core.experiment.output import atomic_target, write_text_atomic
 from bdtool.core.experiment.rows import RowSpec
 
 if TYPE_CHECKING:
-    from bdtool.core.experiment.runner import CompareConfig, RunOutcome
-    from bdtool.core.experiment.victim import Victim
+    from bdtool.core.experiment.compare_config import CompareConfig
+    from bdtool.core.experiment.tasks import RunOutcome
+    from bdtool.core.experiment.victim_spec import Victim
 
 
 def row_sizes(row: RowSpec, samples: Sequence[int], victim: "Victim") -> list[int]:

@@ -21,8 +21,8 @@ from bdtool.core import tracking
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.tasks import RunOutcome, RunTask
 from bdtool.core.results import EvalResult
+from bdtool.core.tracking.tags import COMPARISON_KEY_TAG
 
-COMPARISON_KEY_TAG = "bdtool.comparison_key"
 AUTO = "auto"
 
 

@@ -12,38 +12,27 @@ comparison (core/experiment/resume.py) runs only the tasks it does not have FINI
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bdtool.core import interrupts, tracking
 from bdtool.core.errors import BdtoolError
+from bdtool.core.experiment.compare_config import CompareConfig
+from bdtool.core.experiment.components import load_dataset
+from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.executor import Executor, LocalExecutor
 from bdtool.core.experiment.output import log_summary_artifacts, publish
 from bdtool.core.experiment.report import Summary, aggregate, format_markdown, row_sizes, write_report
-from bdtool.core.experiment.resume import AUTO, COMPARISON_KEY_TAG, comparison_key, find_resume_point, split_tasks
-from bdtool.core.experiment.rows import RowSpec
+from bdtool.core.experiment.resume import AUTO, comparison_key, find_resume_point, split_tasks
 from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.tasks import RunOutcome, RunTask, TaskJob, finite_or_none, namespaced
-from bdtool.core.experiment.victim import RunEnv, Victim, VictimSpec, load_dataset
+from bdtool.core.experiment.victim_spec import Victim
+from bdtool.core.tracking.failures import is_store_error, store_error_line
+from bdtool.core.tracking.inputs import dataset_input
+from bdtool.core.tracking.runs import set_description
 
 __all__ = ["CompareConfig", "ComparisonResult", "RunOutcome", "comparison_tasks", "failed_outcomes",
            "failure_details", "failure_reason", "finite_or_none", "namespaced", "run_comparison", "validate_samples"]
-
-
-@dataclass
-class CompareConfig:
-    spec: VictimSpec
-    rows: list[RowSpec]
-    samples: list[int] = field(default_factory=lambda: [50])
-    seeds: int = 3
-    log_models: bool = True
-    output_dir: str | None = None
-    """Also copy the summary (Markdown, CSV, JSON, plots) here, as logged to the parent run."""
-    metrics: list[str] = field(default_factory=list)
-    """The metric columns of the table, in order; empty = every registered metric. Every
-    registered metric is computed and logged whatever is shown."""
-    resume: str | None = None
-    """A comparison's parent run id, or ``auto``: continue it (core/experiment/resume.py)."""
 
 
 @dataclass
@@ -132,7 +121,7 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
         with tracking.tracked_run(
             run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
             tags={tracking.KIND_TAG: "comparison", tracking.VICTIM_RUN_TAG: victim.run_id,
-                  tracking.VICTIM_HASH_TAG: victim.config_hash, COMPARISON_KEY_TAG: key,
+                  tracking.VICTIM_HASH_TAG: victim.config_hash, tracking.COMPARISON_KEY_TAG: key,
                   tracking.EXECUTOR_TAG: executor.name, **tracking.standard_tags(env.device)},
             on_error=record_failure, **start,
         ) as parent:
@@ -152,7 +141,7 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
                                       "metrics": "+".join(config.metrics) or "all"})
             # The evaluation half is the same for every run: its dataset input (a digest of all its
             # images) is built once and logged in each run.
-            evaluation_input = tracking.store.dataset_input(
+            evaluation_input = dataset_input(
                 victim.data.evaluation, f"{config.spec.dataset} evaluation", dataset=config.spec.dataset,
                 split="test (evaluation half)", n=len(victim.data.evaluation))
             job = TaskJob(experiment_id=experiment_id, parent_run_id=parent.info.run_id,
@@ -173,23 +162,23 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
                     try:
                         mlflow.log_metrics({"runs_resumed": float(len(done)), "runs_ran": float(len(todo))})
                         log_summary_artifacts(tmp, "summary")
-                        tracking.store.set_description(format_markdown(summary))
+                        set_description(format_markdown(summary))
                     except Exception as exc:
-                        if not tracking.store.is_store_error(exc):
+                        if not is_store_error(exc):
                             raise
-                        state.error = str(exc) if isinstance(exc, BdtoolError) else tracking.store.store_error_line(exc)
+                        state.error = str(exc) if isinstance(exc, BdtoolError) else store_error_line(exc)
                         state.summary_unlogged = True
             reason = "; ".join(r for r in (failure_reason(outcomes), state.error and f"not logged: {state.error}") if r)
             if reason:  # FINISHED only when every run ran and was logged; the summary is logged either way
                 raise tracking.RunFailed(reason)
     except Exception as exc:
         interrupts.raise_if_pending(exc)
-        if not tracking.store.is_store_error(exc):
+        if not is_store_error(exc):
             raise
         if state.summary is None:  # nothing computed yet: one line
-            raise BdtoolError(f"the tracking store {uri} failed before any result ({tracking.store.store_error_line(exc)}); "
+            raise BdtoolError(f"the tracking store {uri} failed before any result ({store_error_line(exc)}); "
                               "check it (bdtool checks it before any work) and run again") from None
-        state.error = state.error or tracking.store.store_error_line(exc)
+        state.error = state.error or store_error_line(exc)
         state.summary_unlogged = True
     return ComparisonResult(victim, config, outcomes, parent.info.run_id if parent is not None else None,
                             state.summary, resumed=len(done), store_error=state.error, unlogged=state.unlogged,

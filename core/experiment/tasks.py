@@ -18,9 +18,13 @@ from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.experiment.context import defense_context
 from bdtool.core.experiment.evaluation import compute_metrics, evaluate
 from bdtool.core.experiment.rows import RowSpec
-from bdtool.core.experiment.victim import RunEnv, Victim
+from bdtool.core.experiment.env import RunEnv
+from bdtool.core.experiment.victim_spec import Victim
 from bdtool.core.interfaces import Knowledge
 from bdtool.core.results import EvalResult
+from bdtool.core.tracking.failures import ArtifactLogError, is_store_error, store_error_line
+from bdtool.core.tracking.inputs import log_dataset_input
+from bdtool.core.tracking.runs import set_description
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def run_task(task: RunTask, victim: Victim, env: RunEnv, job: TaskJob, log: bool
     or FAILED with its error (a failed defense does not sink the comparison). A stop (Ctrl-C, a
     signal) ends the run KILLED and propagates.
 
-    When the tracking store fails during the run (``tracking.store.is_store_error``), the outcome
+    When the tracking store fails during the run (``is_store_error``), the outcome
     keeps its result if the defense had already been evaluated, or the task is done again without
     the store (``log=False``, as the local executor runs every later task), and
     ``outcome.store_error`` says why: a store failing mid-comparison loses no result."""
@@ -133,7 +137,7 @@ def run_task(task: RunTask, victim: Victim, env: RunEnv, job: TaskJob, log: bool
     def record_failure(exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
         outcome.status, outcome.error = "FAILED", message
-        if not tracking.store.is_store_error(exc):
+        if not is_store_error(exc):
             outcome.result = None
         mlflow.set_tag(tracking.ERROR_TAG, message[:5000])
         mlflow.log_text(traceback.format_exc(), "error.txt")
@@ -154,13 +158,13 @@ def run_task(task: RunTask, victim: Victim, env: RunEnv, job: TaskJob, log: bool
         raise
     except Exception as exc:  # noqa: BLE001 - a failed defense must not sink the comparison
         interrupts.raise_if_pending(exc)  # raised while a signal asked to stop: the stop, not a failed defense
-        if tracking.store.is_store_error(exc):
+        if is_store_error(exc):
             if outcome.result is None:  # not evaluated yet: done again, without the store
                 redo = run_task(task, victim, env, job, log=False)
-                redo.store_error, redo.run_id = tracking.store.store_error_line(exc), outcome.run_id
+                redo.store_error, redo.run_id = store_error_line(exc), outcome.run_id
                 return redo
             outcome.status, outcome.error, outcome.logged = "FINISHED", None, False
-            outcome.store_error = tracking.store.store_error_line(exc)
+            outcome.store_error = store_error_line(exc)
             return outcome
         env.progress.message(f"  {row.label} n={n} seed={seed} failed: {outcome.error}")
         return outcome
@@ -230,7 +234,7 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
         if job.log_models:
             tracking.log_model(model, data.evaluation.x, "model")
     except OSError as exc:  # the artifact folder: the store's fault, not the defense's
-        raise tracking.store.ArtifactLogError(
+        raise ArtifactLogError(
             f"cannot log the artifacts of run {mlflow.active_run().info.run_id} ({exc.strerror or exc})") from exc
 
 
@@ -243,7 +247,7 @@ def _log_run_start(row: RowSpec, n: int, seed: int, victim: Victim, defense: Any
         "repair": row.repair_cls.name if row.repair_cls is not None else None,
         "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},
     })
-    tracking.store.set_description(_defense_description(row, n, seed, defense.params_dict(), victim))
+    set_description(_defense_description(row, n, seed, defense.params_dict(), victim))
 
 
 def _defense_description(row: RowSpec, n: int, seed: int, params: dict[str, Any], victim: Victim) -> str:
@@ -265,10 +269,10 @@ def _log_run_inputs(ctx: Any, evaluation_input: Any, dataset: str, n: int, seed:
     import mlflow  # heavy: see core/tracking/store.py
 
     if len(ctx.unlearn):
-        tracking.store.log_dataset_input(ctx.unlearn, f"{dataset} D_U n={n} seed={seed}", "training",
+        log_dataset_input(ctx.unlearn, f"{dataset} D_U n={n} seed={seed}", "training",
                                          dataset=dataset, split="unseen pool (D_U)", n=len(ctx.unlearn), seed=seed)
     if ctx.train is not None:
-        tracking.store.log_dataset_input(ctx.train, f"{dataset} clean train", "training", dataset=dataset,
+        log_dataset_input(ctx.train, f"{dataset} clean train", "training", dataset=dataset,
                                          split="train minus poisoned", n=len(ctx.train))
     if evaluation_input is not None:
         mlflow.log_input(evaluation_input, context="evaluation")

@@ -84,7 +84,8 @@ def _from_mlflow(source: str) -> Weights:
     if source.startswith("models:/"):
         run_id = _model_version_run(source)
         if run_id is not None:
-            from bdtool.core.tracking.store import download_state_dict, state_dict_digest_tag
+            from bdtool.core.tracking.models import download_state_dict
+            from bdtool.core.tracking.tags import state_dict_digest_tag
 
             tags = mlflow.MlflowClient().get_run(run_id).data.tags
             if state_dict_digest_tag("model") in tags:

@@ -13,7 +13,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from bdtool.core.tracking.store import HOST_TAG, ORPHANED_TAG, PID_TAG, _sqlite_path, resolve_tracking_uri
+from bdtool.core.tracking.locations import resolve_tracking_uri, sqlite_path
+from bdtool.core.tracking.tags import HOST_TAG, ORPHANED_TAG, PID_TAG
 
 
 @dataclass
@@ -42,7 +43,7 @@ def mark_orphans(uri: str | None = None) -> OrphanReport:
     active experiments. A sqlite store that does not exist yet is not created."""
     report = OrphanReport()
     uri = resolve_tracking_uri(uri)
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None and not db.expanduser().exists():
         return report
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import bdtool
+from bdtool.core.compute.training import TrainConfig
 from bdtool.core.data import DataBundle
 from bdtool.core.errors import DataNotFoundError
 from bdtool.core.interfaces import DatasetSource
@@ -42,6 +43,9 @@ class Digits(DatasetSource):
 
     name = "digits"
     description = "scikit-learn's embedded 8x8 digits (no download)"
+    # Victim recipes measured on the 2-core CPU machine: digits reaches ACC ~0.97 / ASR ~1.0 in a few
+    # seconds, Fashion-MNIST ACC >= 0.88 / ASR >= 0.95 in 6 epochs (~2 min). See docs/reproducing.md, "Victims".
+    victim_recipe = TrainConfig(epochs=20, lr=0.05, batch_size=64)
 
     def load(self, data_dir: str | None = None, download: bool = False) -> DataBundle:
         from sklearn.datasets import load_digits  # heavy: imported on use
@@ -107,6 +111,7 @@ class FashionMNIST(_TorchvisionSource):
 
     name = "fashion-mnist"
     description = "Fashion-MNIST 28x28 (Debian dataset-fashion-mnist, or --download)"
+    victim_recipe = TrainConfig(epochs=6, lr=0.05, batch_size=128)
     how_to_get = ("install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
                   "pass --data-dir with a FashionMNIST/raw folder, or --download when online")
     FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -134,6 +139,7 @@ class FashionMNIST(_TorchvisionSource):
 class MNIST(_TorchvisionSource):
     name = "mnist"
     description = "MNIST 28x28 (torchvision; --data-dir or --download)"
+    victim_recipe = TrainConfig(epochs=4, lr=0.05, batch_size=128)
 
     def open_split(self, root: Path, train: bool, download: bool) -> Any:
         from torchvision.datasets import MNIST as TV  # heavy: imported on use

@@ -1,0 +1,77 @@
+"""What a victim is: its configuration (``VictimSpec``) and the victim itself (``Victim``: the
+model, its data, its evaluation before any defense and its MLflow run)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from bdtool.core.compute.training import TrainConfig
+from bdtool.core.data import DataBundle
+from bdtool.core.errors import BdtoolError
+from bdtool.core.experiment.splits import ExperimentData
+from bdtool.core.interfaces import Attack
+from bdtool.core.results import EvalResult
+
+DEFAULT_RECIPE = TrainConfig(epochs=40, lr=0.05, batch_size=128)
+"""The victim recipe of a dataset that declares none (``DatasetSource.victim_recipe``): colour
+32x32 sets, on a GPU. The built-in datasets declare theirs (plugins/builtin/datasets.py)."""
+
+
+@dataclass(frozen=True)
+class VictimSpec:
+    dataset: str = "digits"
+    model: str = "small-cnn"
+    attack: str = "badnets"
+    attack_options: tuple[tuple[str, str], ...] = ()
+    target: int = 0
+    poison_rate: float = 0.05
+    seed: int = 0
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    source: str | None = None
+    """The user's weights (``--victim``: a file, ``runs:/...`` or ``models:/...``) instead of a
+    victim bdtool trains; the dataset, attack and target then say how it is evaluated."""
+
+    def train_config(self, recipe: TrainConfig | None = None) -> TrainConfig:
+        """The dataset's ``recipe`` (``DEFAULT_RECIPE`` when None) with this spec's overrides."""
+        base = recipe if recipe is not None else DEFAULT_RECIPE
+        overrides = {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size)) if v is not None}
+        config = replace(base, **overrides)
+        try:
+            config.validate()
+        except ValueError as exc:
+            raise BdtoolError(f"training recipe: {exc}") from None
+        return config
+
+
+def clean_spec(spec: VictimSpec) -> VictimSpec:
+    """The clean reference of ``spec``: the same dataset, model, seed and recipe, nothing poisoned
+    (one cached model per such spec, whichever attack asks for it; see ``config_hash``)."""
+    return replace(spec, poison_rate=0.0)
+
+
+@dataclass
+class Victim:
+    spec: VictimSpec
+    config_hash: str
+    attack: Attack
+    bundle: DataBundle
+    data: ExperimentData
+    model: nn.Module
+    before: EvalResult
+    run_id: str
+    reused: bool
+    train_seconds: float
+    train_config: TrainConfig
+    poison_seconds: float = 0.0
+    """Wall time of the attack's poisoning (``prepare`` + ``poison``), the clean model's training
+    excluded; spent again when a cached victim is reused (the poisoned set is not stored)."""
+    clean: "Victim | None" = None
+    """The clean model the attack asked for at poisoning time (``AttackContext.clean_model``)."""
+
+    def fresh_copy(self) -> nn.Module:
+        return copy.deepcopy(self.model)

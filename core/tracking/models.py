@@ -1,0 +1,80 @@
+"""Logging a model to a run (a plain state dict with its SHA-256, and an MLflow model) and loading
+it back with ``weights_only=True``; a damaged cached victim is tagged so (docs/architecture.md,
+"Victims")."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bdtool.core.errors import UnsafeModelFileError, first_line
+from bdtool.core.tracking.locations import local_artifact_dir
+from bdtool.core.tracking.serialization import DamagedModelFileError, file_sha256, load_state_dict, save_state_dict
+from bdtool.core.tracking.tags import DAMAGED_TAG, state_dict_digest_tag
+
+
+def pip_requirements() -> list[str]:
+    import torchvision  # heavy: imported on use (only when a model is logged)
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+
+
+def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> None:
+    """Log ``model`` as an MLflow PyTorch model (explicit pip requirements, so no slow inference
+    subprocess) and a ``state_dict.pt`` copy that bdtool reloads with ``weights_only=True``."""
+    import mlflow  # heavy: imported on use (core/tracking/store.py)
+    import mlflow.pytorch
+
+    model = model.eval().cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_state_dict(model, Path(tmp) / "state_dict.pt")
+        mlflow.log_artifact(str(path), artifact_path=name)
+        # Its digest, checked when it is loaded again (download_state_dict): a damaged cache is found.
+        mlflow.set_tag(state_dict_digest_tag(name), file_sha256(path))
+    mlflow.pytorch.log_model(
+        model,
+        name=f"{name}-mlflow",
+        input_example=example[:2].cpu().numpy(),  # batch of 2: a batch of 1 would fix the batch dim
+        pip_requirements=pip_requirements(),
+    )
+
+
+def download_state_dict(run_id: str, name: str = "model") -> dict[str, torch.Tensor]:
+    """The ``<name>/state_dict.pt`` logged by ``log_model`` in run ``run_id``. A run of a sqlite
+    store is read in place, from the current store's ``artifacts`` folder when the store was copied
+    or moved (``local_artifact_dir``). Raises ``DamagedModelFileError`` (one line naming the run)
+    when the file is missing, differs from the SHA-256 digest recorded when it was logged, or is
+    not a plain tensor state dict."""
+    import mlflow  # heavy: imported on use (core/tracking/store.py)
+    from mlflow.exceptions import MlflowException
+
+    run = mlflow.MlflowClient().get_run(run_id)
+    artifact = f"{name}/state_dict.pt"
+    folder = local_artifact_dir(run.info.artifact_uri, run_id, mlflow.get_tracking_uri())
+    with tempfile.TemporaryDirectory() as tmp:
+        if folder is not None:
+            path = folder / artifact
+            if not path.is_file():
+                raise DamagedModelFileError(run_id, f"{artifact} is missing ({path})")
+        else:
+            try:
+                path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp))
+            except (OSError, MlflowException) as exc:
+                raise DamagedModelFileError(run_id, f"{artifact} could not be downloaded ({first_line(exc)})") from None
+        expected = run.data.tags.get(state_dict_digest_tag(name))
+        if expected and file_sha256(path) != expected:
+            raise DamagedModelFileError(run_id, f"{artifact} differs from the SHA-256 digest recorded when it was logged")
+        try:
+            return load_state_dict(path)
+        except UnsafeModelFileError as exc:
+            raise DamagedModelFileError(run_id, f"{artifact} does not load ({getattr(exc, 'reason', exc)})") from None
+
+
+def mark_damaged(run_id: str, reason: str) -> None:
+    """Tag a victim run whose model file is damaged (``DAMAGED_TAG``): the cache skips it."""
+    import mlflow  # heavy: imported on use (core/tracking/store.py)
+
+    mlflow.MlflowClient().set_tag(run_id, DAMAGED_TAG, reason[:5000])
