@@ -38,6 +38,7 @@ from bdtool.core.experiment.rows import parse_row  # noqa: E402
 from bdtool.core.experiment.victim import RunEnv, VictimSpec, get_victim  # noqa: E402
 from bdtool.core.interfaces import Knowledge  # noqa: E402
 from bdtool.plugins import get_registries  # noqa: E402
+from bdtool.plugins.builtin.metrics import ClassAwareScore  # noqa: E402
 
 CPU = torch.device("cpu")
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
@@ -70,7 +71,7 @@ def run_row(victim: Any, text: str, n: int, draw: int, registries: Any) -> dict[
     out = {"asr": result.asr, "acc": result.acc, "ctca": result.ctca, "seconds": seconds,
            "acc_ratio": result.acc / before.acc, "ctca_ratio": result.ctca / before.ctca if before.ctca else math.nan}
     out["score"] = score(result, before)
-    out["class_score"] = out["score"] * min(1.0, out["ctca_ratio"])
+    out["class_score"] = ClassAwareScore().compute(result, before)
     for key in ("detected", "detected_class", "detection_score"):
         name = f"{row.defense_name}.{key}"
         if name in logged:

@@ -54,7 +54,7 @@ def scan(dataset, model, attack, target, poison_rate, victim_seed, epochs, victi
     seconds = time.perf_counter() - started
     result = {"backdoor": detection.detected, "suspected_target": detection.target, "family": detection.family,
               "score": detection.score, "threshold": detection.threshold, "seconds": seconds, "samples": samples,
-              "seed": seed, "victim": loaded.config_hash, **{"gaps": detection.summary()["gaps"]}}
+              "seed": seed, "victim": loaded.config_hash, "gaps": detection.summary()["gaps"]}
     if json_:
         emit_json(result)
         return

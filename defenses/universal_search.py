@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from bdtool.core import interrupts
 from bdtool.core.compute.modules import frozen_eval
+from bdtool.plugins.builtin.attacks_wanet import WaNet, identity_grid
 
 FAMILIES = ("additive", "warp")
 
@@ -131,20 +132,12 @@ class Detection:
                 "radii": {name: r.radii for name, r in self.families.items()}}
 
 
-def _identity_grid(h: int, w: int, device: torch.device) -> Tensor:
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=device), torch.linspace(-1, 1, w, device=device),
-                            indexing="ij")
-    return torch.stack((xs, ys), dim=-1)
-
-
 def warp_images(x: Tensor, control: Tensor) -> Tensor:
-    """x (b × ch × H × W) warped by control displacements (b × 2 × g × g, or 1 × 2 × g × g)."""
+    """x (b × ch × H × W) warped by control displacements (b × 2 × g × g, or 1 × 2 × g × g): the flow
+    upsampled as WaNet builds its field, sampled as WaNet warps (``plugins/builtin/attacks_wanet.py``)."""
     h, w = x.shape[-2:]
     flow = F.interpolate(control, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-    grid = (_identity_grid(h, w, x.device).unsqueeze(0) + flow).clamp(-1, 1)
-    if grid.shape[0] != x.shape[0]:
-        grid = grid.expand(x.shape[0], -1, -1, -1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp(0, 1)
+    return WaNet.warp(x, (identity_grid(h, w, x.device).unsqueeze(0) + flow).clamp(-1, 1))
 
 
 def apply_perturbation(family: str, perturbation: Tensor, x: Tensor) -> Tensor:

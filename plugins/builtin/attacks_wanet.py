@@ -27,6 +27,13 @@ from bdtool.core.interfaces import Attack, Poisoning
 from bdtool.core.tensors import LabeledTensors
 
 
+def identity_grid(h: int, w: int, device: torch.device | None = None) -> Tensor:
+    """grid_sample's identity sampling grid (H, W, 2) in [-1, 1] coordinates, (x, y) per pixel."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=device), torch.linspace(-1, 1, w, device=device),
+                            indexing="ij")
+    return torch.stack((xs, ys), dim=-1)
+
+
 @dataclass
 class WaNetParams:
     k: int = 4
@@ -65,9 +72,7 @@ class WaNet(Attack):
         control = torch.rand(1, 2, p.k, p.k, generator=gen) * 2 - 1
         control = control / control.abs().mean()
         noise = F.interpolate(control, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        identity = torch.stack((xs, ys), dim=-1).unsqueeze(0)  # grid_sample wants (x, y)
-        warped = (identity + p.s * noise / h) * p.grid_rescale
+        warped = (identity_grid(h, w).unsqueeze(0) + p.s * noise / h) * p.grid_rescale
         return warped.clamp(-1, 1).to(device)
 
     @staticmethod
