@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 import torch
 from torch import Tensor, nn
 
-from bdtool.core.callbacks import MetricLogFn, ProgressFn, _no_metric, _no_progress
+from bdtool.core.callbacks import (DetectionFn, DetectionReport, MetricLogFn, ProgressFn, _no_detection, _no_metric,
+                                   _no_progress)
 from bdtool.core.errors import BdtoolError, DefenseInputError
 from bdtool.core.params import build_params, params_to_dict
 from bdtool.core.tensors import LabeledTensors
@@ -197,6 +198,9 @@ class DefenseContext:
     train_recipe: "TrainConfig | None" = None
     progress: ProgressFn = _no_progress
     log_metric: MetricLogFn = _no_metric
+    report_detection: DetectionFn = _no_detection
+    """A defense that decides whether there is a backdoor at all (threat model ``none``) reports
+    its verdict here, once per run (``DetectionReport``)."""
 
     @property
     def bdk(self) -> bool:
@@ -320,6 +324,9 @@ class Metric(ABC):
     """Needs the victim's evaluation as ``reference`` (not shown for the "Before" row)."""
     column_order: ClassVar[int] = 100
     """Where its column goes in the default table (lower first, then by name)."""
+    measures_removal: ClassVar[bool] = False
+    """Measures how much of a backdoor was removed (Score, DER): undefined, NaN and shown "-", on a
+    victim without a backdoor (poison rate 0), where there is nothing to remove."""
 
     @abstractmethod
     def compute(self, result: "EvalResult", reference: "EvalResult | None" = None) -> float: ...

@@ -61,10 +61,10 @@ from torch import Tensor, nn
 import bdtool
 from bdtool.core.compute.modules import preserve_modes
 from bdtool.core.errors import DefenseInputError
-from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.interfaces import Defense, DefenseContext, DetectionReport
 from bdtool.defenses._trigger import stamp
 from bdtool.defenses.nc import NeuralCleanseParams, mad_outliers, reverse_triggers
-from bdtool.defenses.universal_search import UniversalSearchParams, apply_perturbation, detect_backdoor
+from bdtool.defenses.universal_search import FAMILIES, UniversalSearchParams, apply_perturbation, detect_backdoor
 
 
 @dataclass
@@ -380,9 +380,11 @@ def universal_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceE
     ctx.log_metric("ours-proj.suspected_class", float(detection.target), None)
     ctx.log_metric("ours-proj.detection_score", detection.score, None)
     ctx.log_metric("ours-proj.detection_threshold", detection.threshold, None)
-    ctx.log_metric("ours-proj.detection_family", float(("additive", "warp").index(detection.family)), None)
+    ctx.log_metric("ours-proj.detection_family", float(FAMILIES.index(detection.family)), None)
     for name, result in detection.families.items():
         ctx.log_metric(f"ours-proj.{name}_gap", result.gap(ctx.target_class), None)
+    if ctx.target_class is None:  # a verdict only where the defense had to decide whether there is a backdoor
+        ctx.report_detection(DetectionReport(detection.detected, detection.target, detection.score, detection.threshold))
     if ctx.target_class is None and not detection.detected and p.unflagged == "keep":
         return None
     chosen = detection.families[detection.family]
@@ -403,6 +405,9 @@ def reversed_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceEd
         smallest = min(range(len(triggers)), key=lambda c: triggers[c].l1)
         ctx.log_metric("ours-proj.detected_class", float(detection.detected if detection.detected is not None else -1), None)
         ctx.log_metric("ours-proj.anomaly_index", detection.anomaly_index[smallest], None)
+        ctx.report_detection(DetectionReport(detection.detected is not None,
+                                             detection.detected if detection.detected is not None else smallest,
+                                             detection.anomaly_index[smallest], params.anomaly_threshold))
         if detection.detected is None and p.unflagged == "keep":
             return None
         chosen = triggers[detection.detected if detection.detected is not None else smallest]

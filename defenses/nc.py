@@ -48,7 +48,7 @@ import bdtool
 from bdtool.core import interrupts
 from bdtool.core.compute.modules import check_finite, frozen_eval
 from bdtool.core.compute.training import metric_logger, train_loop
-from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.interfaces import Defense, DefenseContext, DetectionReport
 from bdtool.core.tensors import LabeledTensors
 from bdtool.defenses._recipes import BackdoorBenchFinetuneParams
 
@@ -245,6 +245,9 @@ class NeuralCleanse(Defense):
         ctx.log_metric("nc.smallest_norm_class", float(smallest), None)
         ctx.log_metric("nc.detected_class", float(detection.detected if detection.detected is not None else -1), None)
         ctx.log_metric("nc.flagged_classes", float(len(detection.flagged)), None)
+        ctx.report_detection(DetectionReport(detected=detection.detected is not None,
+                                             target=detection.detected if detection.detected is not None else smallest,
+                                             score=detection.anomaly_index[smallest], threshold=p.anomaly_threshold))
         if detection.detected is None:
             return model.eval()  # no backdoor detected: NC leaves the model as it is
         data = unlearning_set(ctx.unlearn, triggers[detection.detected], p.unlearning_ratio, ctx.seed)

@@ -9,6 +9,11 @@ of universal change are searched, because a backdoor's trigger need not be addit
 
 - ``additive``: x ↦ clamp(x + δ_c, 0, 1), one δ_c per class, its size ‖δ_c‖₂ relative to the
   mean ‖x‖₂ of D_U (patches and blended patterns: BadNets, Blend, SIG).
+- ``patch``: x ↦ (1 − m_c)·x + m_c·p_c, a mask m_c ∈ [0, 1]^{H×W} and a pattern p_c ∈ [0, 1], its
+  size ‖m_c‖₁ in pixels (Neural Cleanse's own trigger model, §IV-A; stamped patches: BadNets, whose
+  2-pixel corner the L2 search misses on a third of digits victims, docs/method.md). The mask's
+  search is not convex: it runs from ``patch_restarts`` random patterns (each on its own probe
+  set), and a class's size is the smallest over its restarts.
 - ``warp``: x ↦ grid_sample(x, identity + flow_c), flow_c a smooth field upsampled (bicubic) from
   a ``grid`` × ``grid`` control grid, its size the RMS control displacement in grid units
   (image-warping triggers: WaNet, Nguyen & Tran 2021, whose own field is built the same way; an
@@ -41,7 +46,7 @@ from bdtool.core import interrupts
 from bdtool.core.compute.modules import frozen_eval
 from bdtool.plugins.builtin.attacks_wanet import WaNet, identity_grid
 
-FAMILIES = ("additive", "warp")
+FAMILIES = ("additive", "warp", "patch")
 
 
 @dataclass
@@ -61,30 +66,41 @@ class UniversalSearchParams:
     """First RMS control displacement of the warp search (grid units: 1 = half the image)."""
     grid: int = 4
     """Control grid of the warp (``grid`` × ``grid``)."""
-    additive_threshold: float = 0.2
+    patch_start: float = 1.0
+    """First mask size of the patch search, in pixels."""
+    patch_growth: float = 1.12
+    """Growth of the patch search's size per step (masks are counted in pixels: 1 px of 64 is coarse)."""
+    patch_restarts: int = 3
+    """Random patterns the patch search starts from (module docstring)."""
+    additive_threshold: float = 0.24
     """Gap ln(ε_(2)/ε_(1)) above which the additive search reports a backdoor."""
-    warp_threshold: float = 0.4
+    warp_threshold: float = 0.47
     """Gap above which the warp search reports a backdoor."""
-    families: str = "additive+warp"
+    patch_threshold: float = 0.57
+    """Gap above which the patch search reports a backdoor."""
+    families: str = "additive+warp+patch"
     """Which families to search, joined by ``+``."""
 
     def family_list(self) -> list[str]:
         return [f.strip() for f in str(self.families).split("+") if f.strip()]
 
     def validate(self) -> None:
-        if self.samples_per_class < 1 or self.steps < 1 or self.grid < 2:
-            raise ValueError("samples_per_class and steps must be >= 1 and grid >= 2")
-        if not self.growth > 1.0:
-            raise ValueError(f"growth must be > 1, got {self.growth}")
+        if self.samples_per_class < 1 or self.steps < 1 or self.grid < 2 or self.patch_restarts < 1:
+            raise ValueError("samples_per_class, steps and patch_restarts must be >= 1 and grid >= 2")
+        if not (self.growth > 1.0 and self.patch_growth > 1.0):
+            raise ValueError(f"growth and patch_growth must be > 1, got {self.growth}, {self.patch_growth}")
         if not 0.0 < self.rate <= 1.0:
             raise ValueError(f"rate must be in (0, 1], got {self.rate}")
-        if not (self.additive_start > 0 and self.warp_start > 0):
-            raise ValueError("additive_start and warp_start must be > 0")
-        if not (self.additive_threshold > 0 and self.warp_threshold > 0):
-            raise ValueError("additive_threshold and warp_threshold must be > 0")
+        if not (self.additive_start > 0 and self.warp_start > 0 and self.patch_start > 0):
+            raise ValueError("additive_start, warp_start and patch_start must be > 0")
+        if not (self.additive_threshold > 0 and self.warp_threshold > 0 and self.patch_threshold > 0):
+            raise ValueError("additive_threshold, warp_threshold and patch_threshold must be > 0")
         unknown = [f for f in self.family_list() if f not in FAMILIES]
         if unknown or not self.family_list():
-            raise ValueError(f"families must be additive, warp or additive+warp, got {self.families!r}")
+            raise ValueError(f"families must be some of {', '.join(FAMILIES)} joined by '+', got {self.families!r}")
+
+    def threshold(self, family: str) -> float:
+        return {"additive": self.additive_threshold, "warp": self.warp_threshold, "patch": self.patch_threshold}[family]
 
 
 @dataclass
@@ -94,7 +110,8 @@ class FamilyResult:
     family: str
     radii: list[float]
     perturbations: Tensor
-    """additive: C × ch × H × W deltas; warp: C × 2 × grid × grid control displacements."""
+    """additive: C × ch × H × W deltas; warp: C × 2 × grid × grid control displacements; patch: C ×
+    (1 + ch) × H × W, the mask then the pattern."""
     last_radius: float
     threshold: float
 
@@ -145,7 +162,32 @@ def apply_perturbation(family: str, perturbation: Tensor, x: Tensor) -> Tensor:
     p = perturbation.to(x.device, x.dtype)
     if family == "additive":
         return (x + p).clamp(0, 1)
+    if family == "patch":
+        return stamp_patch(x, p[:1], p[1:])
     return warp_images(x, p.unsqueeze(0))
+
+
+def stamp_patch(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
+    """(1 − m)·x + m·p, mask and pattern broadcast over x."""
+    return x * (1 - mask) + pattern * mask
+
+
+def project_mask(mask: Tensor, budget: Tensor, iterations: int = 30) -> Tensor:
+    """Each row of ``mask`` (rows × pixels) projected onto {m ∈ [0, 1]^pixels : Σm ≤ budget}: clamp(m − τ,
+    0, 1) with the smallest τ ≥ 0 that meets the budget, found by bisection (the Euclidean projection
+    onto a box intersected with an L1 half-space)."""
+    clipped = mask.clamp(0, 1)
+    over = clipped.sum(1) > budget
+    if not bool(over.any()):
+        return clipped
+    low = torch.zeros_like(budget)
+    high = mask.max(1).values.clamp_min(0)
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        too_big = (mask - middle[:, None]).clamp(0, 1).sum(1) > budget
+        low = torch.where(too_big, middle, low)
+        high = torch.where(too_big, high, middle)
+    return torch.where(over[:, None], (mask - high[:, None]).clamp(0, 1), clipped)
 
 
 def _probe_sets(y: Tensor, num_classes: int, k: int, seed: int) -> Tensor:
@@ -161,22 +203,62 @@ def _probe_sets(y: Tensor, num_classes: int, k: int, seed: int) -> Tensor:
     return torch.stack([s[:size] for s in sets])
 
 
+def _start(family: str, x: Tensor, p: UniversalSearchParams) -> tuple[float, float, float, int]:
+    """(first radius, growth, base, restarts): the ball's size is radius × base in the parameters' norm."""
+    if family == "additive":
+        return p.additive_start, p.growth, float(x.flatten(1).norm(dim=1).mean()), 1
+    if family == "warp":
+        return p.warp_start, p.growth, math.sqrt(2 * p.grid * p.grid), 1  # RMS displacement × base = L2 norm
+    return p.patch_start, p.patch_growth, 1.0, p.patch_restarts
+
+
+def _initial(family: str, rows: int, x: Tensor, p: UniversalSearchParams, seed: int, device: torch.device) -> Tensor:
+    """The search's first parameters: no change (additive, warp); an empty mask over a random pattern (patch)."""
+    if family == "additive":
+        return torch.zeros(rows, *x.shape[1:], device=device)
+    if family == "warp":
+        return torch.zeros(rows, 2, p.grid, p.grid, device=device)
+    pattern = torch.rand(rows, *x.shape[1:], generator=torch.Generator().manual_seed(seed)).to(device)
+    return torch.cat([torch.zeros(rows, 1, *x.shape[2:], device=device), pattern], dim=1)
+
+
+def _moved(family: str, images: Tensor, theta: Tensor) -> Tensor:
+    """rows × k images, each row's own perturbation applied, flattened to (rows·k) images."""
+    rows, k = images.shape[:2]
+    if family == "additive":
+        return (images + theta.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
+    if family == "patch":
+        return stamp_patch(images, theta[:, None, :1], theta[:, None, 1:]).flatten(0, 1)
+    return warp_images(images.flatten(0, 1), theta.repeat_interleave(k, 0))
+
+
+def _step(family: str, theta: Tensor, grad: Tensor, ball: Tensor) -> Tensor:
+    """One projected step toward the class, inside each row's ball (size ``ball``, one per row)."""
+    if family == "patch":  # the mask: a step of 1/2 on its steepest pixel, then the L1 box projection
+        mask, pattern = theta[:, :1].flatten(1), theta[:, 1:]
+        g_mask, g_pattern = grad[:, :1].flatten(1), grad[:, 1:]
+        mask = mask - 0.5 * g_mask / g_mask.abs().max(1, keepdim=True).values.clamp_min(1e-12)
+        mask = project_mask(mask, ball)
+        pattern = (pattern - 0.25 * g_pattern.sign()).clamp(0, 1)
+        return torch.cat([mask.view_as(theta[:, :1]), pattern], dim=1)
+    ball = ball.view(-1, *[1] * (theta.dim() - 1))  # additive, warp: a normalised gradient step in the L2 ball
+    norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view_as(ball)
+    step = theta - 0.25 * ball * grad / norms
+    size = step.flatten(1).norm(dim=1).view_as(ball).clamp_min(1e-12)
+    return step * torch.clamp(ball / size, max=1.0)
+
+
 def search_family(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, family: str,
                   p: UniversalSearchParams, device: torch.device, seed: int, target: int | None = None) -> FamilyResult:
-    """The growing-radius search (module docstring) for one family; the model is not changed. It
-    stops once the verdict is settled: two classes reached (``target`` None), or ``target`` and one
-    other class; the classes not reached keep radius ``math.inf``."""
-    probes = x[_probe_sets(y, num_classes, p.samples_per_class, seed)].to(device)  # C × k × ch × H × W
-    k = probes.shape[1]
-    if family == "additive":
-        base = float(x.flatten(1).norm(dim=1).mean())
-        shape: tuple[int, ...] = tuple(x.shape[1:])
-        start = p.additive_start
-    else:
-        base = math.sqrt(2 * p.grid * p.grid)  # the RMS displacement times this is the L2 norm
-        shape = (2, p.grid, p.grid)
-        start = p.warp_start
-    perturbation = torch.zeros(num_classes, *shape, device=device)
+    """The growing-radius search (module docstring) for one family; the model is not changed. Every
+    restart of every class is one row of the batch; a class's rows leave it once one of them reaches
+    the class. It stops once the verdict is settled: two classes reached (``target`` None), or
+    ``target`` and one other class; the classes not reached keep radius ``math.inf``."""
+    start, growth, base, restarts = _start(family, x, p)
+    probes = torch.cat([x[_probe_sets(y, num_classes, p.samples_per_class, seed + r)] for r in range(restarts)])
+    probes = probes.to(device)  # (restarts·C) × k × ch × H × W; row i moves toward class i % C
+    rows, k = probes.shape[:2]
+    theta = _initial(family, rows, x, p, seed, device)
     radius = torch.full((num_classes,), start)
     radii = [math.inf] * num_classes
     active = list(range(num_classes))
@@ -187,35 +269,35 @@ def search_family(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, fami
             reached = [c for c in range(num_classes) if math.isfinite(radii[c])]
             if not active or (len(reached) >= 2 and (target is None or target in reached)):
                 break
-            index = torch.tensor(active, device=device)
-            delta = perturbation[index].clone().requires_grad_(True)
-            images = probes[index].flatten(0, 1)
-            if family == "additive":
-                moved = (images.view(len(active), k, *shape) + delta.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
-            else:
-                moved = warp_images(images, delta.repeat_interleave(k, 0))
-            labels = index.repeat_interleave(k)
-            logits = model(moved)
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-            grad, = torch.autograd.grad(loss, delta)
+            index = torch.tensor([c + r * num_classes for r in range(restarts) for c in active], device=device)
+            classes = index % num_classes
+            current = theta[index].clone().requires_grad_(True)
+            logits = model(_moved(family, probes[index], current))
+            labels = classes.repeat_interleave(k)
+            grad, = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), current)
             with torch.no_grad():
-                hits = (logits.argmax(1) == labels).double().view(len(active), k).mean(1).cpu()
-                ball = (radius[index.cpu()] * base).to(device).view(-1, *[1] * len(shape))
-                norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view_as(ball)
-                step = delta - 0.25 * ball * grad / norms
-                size = step.flatten(1).norm(dim=1).view_as(ball).clamp_min(1e-12)
-                perturbation[index] = step * torch.clamp(ball / size, max=1.0)
-                last = float(radius[index.cpu()].max())
-                still = []
-                for j, c in enumerate(active):
-                    if float(hits[j]) >= p.rate:
+                hits = (logits.argmax(1) == labels).double().view(len(index), k).mean(1).cpu()
+                ball = (radius[classes.cpu()] * base).to(device)
+                theta[index] = _step(family, current.detach(), grad, ball)
+                last = float(radius[active].max())
+                hit = {int(c) for c, h in zip(classes.cpu(), hits) if float(h) >= p.rate}
+                for c in active:
+                    if c in hit:
                         radii[c] = float(radius[c])
                     else:
-                        still.append(c)
-                        radius[c] *= p.growth
-                active = still
-    threshold = p.additive_threshold if family == "additive" else p.warp_threshold
-    return FamilyResult(family, radii, perturbation.detach().cpu(), last, threshold)
+                        radius[c] *= growth
+                active = [c for c in active if c not in hit]
+    perturbations = theta.detach().cpu().view(restarts, num_classes, *theta.shape[1:])
+    # each class's perturbation: that of its restart that reached it (the first, if none did)
+    best = torch.zeros(num_classes, dtype=torch.long)
+    if restarts > 1:
+        with frozen_eval(model), torch.no_grad():
+            for c in range(num_classes):
+                images = _moved(family, probes[c::num_classes], perturbations[:, c].to(device))
+                rates = (model(images).argmax(1) == c).double().view(restarts, k).mean(1)
+                best[c] = int(rates.argmax())
+    chosen = perturbations[best, torch.arange(num_classes)]
+    return FamilyResult(family, radii, chosen, last, p.threshold(family))
 
 
 def detect_backdoor(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, p: UniversalSearchParams,

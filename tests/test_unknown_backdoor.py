@@ -15,7 +15,9 @@ from bdtool.cli import main
 from bdtool.core.experiment.context import defense_context
 from bdtool.defenses.activation_subspace import SubspaceEditing
 from bdtool.defenses.universal_search import (FamilyResult, UniversalSearchParams, apply_perturbation,
-                                              detect_backdoor, warp_images)
+                                              detect_backdoor, project_mask, search_family, warp_images)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 CPU = torch.device("cpu")
 
@@ -48,6 +50,41 @@ def test_a_zero_warp_is_the_identity_and_perturbations_stay_in_the_unit_range():
     assert torch.allclose(apply_perturbation("warp", torch.zeros(2, 4, 4), x), x, atol=1e-5)
     pushed = apply_perturbation("additive", torch.full((1, 8, 8), 3.0), x)
     assert float(pushed.min()) >= 0.0 and float(pushed.max()) <= 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.0, 70.0), st.floats(-2.0, 3.0))
+def test_the_mask_projection_lands_in_the_box_within_the_budget_and_keeps_a_feasible_mask(seed, budget, shift):
+    mask = torch.randn(3, 64, generator=torch.Generator().manual_seed(seed)) + shift
+    projected = project_mask(mask, torch.full((3,), budget))
+    assert float(projected.min()) >= 0.0 and float(projected.max()) <= 1.0
+    assert bool((projected.sum(1) <= budget + 1e-3).all())
+    feasible = mask.clamp(0, 1).sum(1) <= budget
+    assert torch.equal(projected[feasible], mask.clamp(0, 1)[feasible])  # nothing to take away: only the box
+    tight = ~feasible
+    if bool(tight.any()):  # over budget: the budget is used up, not undershot
+        assert torch.allclose(projected[tight].sum(1), torch.full((int(tight.sum()),), budget), atol=1e-2)
+
+
+def test_a_patch_perturbation_stamps_its_pattern_where_its_mask_is():
+    x = torch.rand(2, 1, 8, 8)
+    patch = torch.zeros(2, 8, 8)
+    patch[0, 6:, 6:] = 1.0  # the mask: the bottom-right 2 x 2
+    patch[1] = 0.7  # the pattern
+    stamped = apply_perturbation("patch", patch, x)
+    assert torch.allclose(stamped[:, :, 6:, 6:], torch.full((2, 1, 2, 2), 0.7))
+    assert torch.equal(stamped[:, :, :6], x[:, :, :6])
+
+
+def test_the_patch_search_finds_the_badnets_corner_and_the_victims_target(digits_victim):
+    """The patch family alone: its smallest mask goes to the target, and is a few pixels (the
+    trigger is a 2 x 2 patch), far smaller than the next class's."""
+    ctx = _trigger_free_context(digits_victim)
+    result = search_family(digits_victim.model, ctx.unlearn.x, ctx.unlearn.y, ctx.num_classes, "patch",
+                           UniversalSearchParams(), CPU, seed=0)
+    assert result.smallest() == digits_victim.spec.target
+    assert result.gap() > result.threshold
+    assert result.radii[result.smallest()] <= 8.0  # pixels of the mask
 
 
 def test_the_search_finds_the_backdoor_and_its_target_from_d_u_alone(digits_victim, monkeypatch):
@@ -116,3 +153,39 @@ def test_scan_names_the_digits_victims_target_and_clears_the_clean_one(mlflow_st
     assert "no backdoor found" in clean.output
     refused = runner.invoke(main, ["scan", "--tracking-uri", mlflow_store, "--samples", "100000"])
     assert refused.exit_code != 0 and "unseen pool holds only" in refused.output and "Traceback" not in refused.output
+
+
+def test_a_comparison_on_a_clean_victim_names_it_and_shows_what_removal_means_there_as_undefined(mlflow_store, clean_victim):
+    """Poison rate 0 is a first-class victim: "clean victim" in the title and in MLflow, Score,
+    ClassScore and DER undefined (null, "-"), the share of seeds flagged shown, nothing flagged."""
+    import mlflow
+
+    result = CliRunner().invoke(main, ["compare", "--tracking-uri", mlflow_store, "--poison-rate", "0", "--defense",
+                                       "ours-proj:knowledge=none", "--defense", "basicft", "--seeds", "1",
+                                       "--no-log-models", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert "clean victim" in summary["title"] and summary["meta"]["victim_kind"] == "clean"
+    assert "flagged" in summary["columns"] and "found" not in summary["columns"]
+    ours, basic = summary["rows"]
+    for row in (ours, basic):
+        assert row["score_mean"] is None and row["der_mean"] is None and row["class_score_mean"] is None
+        assert row["acc_mean"] is not None
+    assert ours["flagged_mean"] == 0.0 and "flagged_mean" not in basic  # basicFT decides nothing
+    run = mlflow.MlflowClient(mlflow_store).get_run(summary["runs"][0]["run_id"])
+    assert run.data.params["victim_kind"] == "clean"
+    assert run.data.metrics["detected"] == 0.0 and run.data.metrics["detected_class"] == -1.0
+    assert "der" not in run.data.metrics
+
+
+def test_a_comparison_on_the_backdoored_victim_shows_the_share_found_at_its_target(mlflow_store, digits_victim):
+    result = CliRunner().invoke(main, ["compare", "--tracking-uri", mlflow_store, "--defense", "ours-proj:knowledge=none",
+                                       "--defense", "ours-proj:knowledge=target", "--seeds", "1", "--no-log-models",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert "found" in summary["columns"] and summary["meta"]["victim_kind"] == "backdoored"
+    none, target = summary["rows"]
+    assert none["found_mean"] == 1.0 and none["der_mean"] is not None
+    assert "found_mean" not in target  # the target was given: there was nothing to decide
+    assert summary["runs"][0]["detection"]["target"] == 0 and summary["runs"][0]["detection"]["detected"] is True

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bdtool.core.callbacks import DetectionFn, _no_detection
 from bdtool.core.interfaces import (
     Defense,
     DefenseContext,
@@ -36,6 +37,7 @@ def defense_context(
     target: bool = True,
     progress: ProgressFn = _no_progress,
     log_metric: MetricLogFn = _no_metric,
+    report_detection: DetectionFn = _no_detection,
 ) -> DefenseContext:
     """The context of one (row, n, seed) run on ``victim``.
 
@@ -48,7 +50,8 @@ def defense_context(
     return data_context(victim.data, defense_cls, n, seed, device,
                         attack=victim.attack if trigger else None,
                         target_class=victim.attack.target_class if (target or trigger) else None,
-                        train_recipe=victim.train_config, progress=progress, log_metric=log_metric)
+                        train_recipe=victim.train_config, progress=progress, log_metric=log_metric,
+                        report_detection=report_detection)
 
 
 def data_context(
@@ -63,6 +66,7 @@ def data_context(
     train_recipe: "TrainConfig | None" = None,
     progress: ProgressFn = _no_progress,
     log_metric: MetricLogFn = _no_metric,
+    report_detection: DetectionFn = _no_detection,
 ) -> DefenseContext:
     """The same context on any ``ExperimentData``: a comparison's (``defense_context``) or the
     user's folder in ``bdtool defend`` (its D_U pool is the folder's training part), with the
@@ -80,4 +84,5 @@ def data_context(
         train_recipe=train_recipe if retrains else None,
         progress=progress,
         log_metric=log_metric,
+        report_detection=report_detection,
     )

@@ -70,15 +70,18 @@ def score(after: EvalResult, before: EvalResult) -> float:
     return 100.0 * (after.acc / before.acc) * max(0.0, 1.0 - after.asr / before.asr)
 
 
-def compute_metrics(metrics: Iterable[Any], result: EvalResult, reference: EvalResult | None) -> tuple[dict[str, float], list[str]]:
+def compute_metrics(metrics: Iterable[Any], result: EvalResult, reference: EvalResult | None,
+                    backdoored: bool = True) -> tuple[dict[str, float], list[str]]:
     """Every metric of ``metrics`` (registry entries or Metric classes) on ``result``, relative to
     ``reference`` (the victim). A metric that raises, or needs a reference that is missing, gives
-    NaN and an error message instead of failing the run: ``(values, errors)``."""
+    NaN and an error message instead of failing the run: ``(values, errors)``. On a victim without
+    a backdoor (``backdoored`` False) the metrics that measure its removal (``measures_removal``)
+    are NaN: there is nothing to remove."""
     values: dict[str, float] = {}
     errors: list[str] = []
     for item in metrics:
         cls = getattr(item, "obj", item)
-        if cls.relative and reference is None:
+        if (cls.relative and reference is None) or (getattr(cls, "measures_removal", False) and not backdoored):
             values[cls.name] = float("nan")
             continue
         try:

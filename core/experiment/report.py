@@ -47,6 +47,11 @@ class Column:
 
 
 TIME_COLUMN = Column("time_s", "Time s", False, 1.0)
+FOUND_COLUMN = Column("found", "Found", True, 100.0)
+"""On a backdoored victim: the share of seeds whose defense flagged a backdoor at the victim's target."""
+FLAGGED_COLUMN = Column("flagged", "Flagged", False, 100.0)
+"""On a clean victim: the share of seeds whose defense flagged a backdoor at all (a false alarm)."""
+DETECTION_COLUMNS = (FOUND_COLUMN, FLAGGED_COLUMN)
 CLASS_REMOVED_FRACTION = 0.5
 """A row whose mean CTCA is below this fraction of the victim's removed the target class with
 the backdoor; tables mark it (docs/method.md, "Honest scoring")."""
@@ -155,7 +160,7 @@ class Summary:
         ``summary.json`` names its columns by key only: their headers, direction and scale come from
         ``metric_classes`` (the registered Metric classes); a key no longer registered gets a plain
         column named by its key."""
-        known = {c.key: c for c in metric_columns(metric_classes)}
+        known = {c.key: c for c in [*metric_columns(metric_classes), *DETECTION_COLUMNS]}
         columns = [known.get(key, Column(key, key, True)) for key in data.get("columns", [])]
         return cls(data["title"], SummaryRow.from_dict(data["before"]), [SummaryRow.from_dict(r) for r in data["rows"]],
                    dict(data.get("meta") or {}), list(data.get("runs") or []), columns)
@@ -179,22 +184,44 @@ def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareCo
             stats = {key: stat([o.metrics.get(key, float("nan")) for o in ok]) for key in keys}
             stats["time_s"] = stat([o.defense_time_s + (o.repair_time_s or 0.0) for o in ok])
             ctca = stat([o.result.ctca for o in ok if o.result is not None]).mean
+            detection = detection_share(ok, victim.spec)
+            if detection is not None:
+                stats[detection[0].key] = detection[1]
             removed = bool(ok) and before.ctca > 0 and ctca < CLASS_REMOVED_FRACTION * before.ctca
             rows.append(SummaryRow(row.label, n, stats, len(ok), len(group) - len(ok),
                                    sorted({o.error for o in group if o.error}), row.knowledge_label, removed))
     spec = victim.spec
     meta = {"dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
-            "poison_rate": spec.poison_rate, "samples": config.samples, "seeds": config.seeds,
+            "poison_rate": spec.poison_rate, "victim_kind": spec.victim_kind(), "samples": config.samples, "seeds": config.seeds,
             "victim_run_id": victim.run_id, "victim_hash": victim.config_hash}
+    columns = metric_columns(shown or metric_classes)
+    detection_column = FOUND_COLUMN if spec.backdoored else FLAGGED_COLUMN
+    if any(detection_column.key in r.stats for r in rows):
+        columns.insert(len(columns) - 1, detection_column)  # before the time
     percent = [m.header or m.name for m in (shown or metric_classes) if m.percent]
-    title = (f"{spec.dataset} / {spec.model} / {spec.attack} (target {spec.target}), "
+    percent += [c.header for c in columns if c in DETECTION_COLUMNS]
+    victim_text = (f"{spec.attack} (target {spec.target})" if spec.backdoored else
+                   f"clean victim (no backdoor; ASR = its natural rate under the {spec.attack} trigger toward "
+                   f"class {spec.target})")
+    title = (f"{spec.dataset} / {spec.model} / {victim_text}, "
              f"mean ± std over {config.seeds} seed(s); {', '.join(percent)} in %")
-    return Summary(title, before_row, rows, meta, [o.to_dict() for o in outcomes],
-                   metric_columns(shown or metric_classes))
+    return Summary(title, before_row, rows, meta, [o.to_dict() for o in outcomes], columns)
+
+
+def detection_share(outcomes: Sequence["RunOutcome"], spec: Any) -> tuple[Column, Stat] | None:
+    """The detection column's cell for one row: over the seeds whose defense reported a verdict,
+    the share flagged at the victim's target (backdoored victim) or flagged at all (clean victim);
+    None when no seed reported one."""
+    verdicts = [o.detection for o in outcomes if o.detection is not None]
+    if not verdicts:
+        return None
+    if spec.backdoored:
+        return FOUND_COLUMN, stat([float(bool(d["detected"]) and d.get("target") == spec.target) for d in verdicts])
+    return FLAGGED_COLUMN, stat([float(bool(d["detected"])) for d in verdicts])
 
 
 def _best(rows: list[SummaryRow], key: str, higher: bool) -> float | None:
-    values = [r.stats[key].mean for r in rows if not r.failed and not math.isnan(r.stats[key].mean)]
+    values = [r.stats[key].mean for r in rows if not r.failed and key in r.stats and not math.isnan(r.stats[key].mean)]
     if not values:
         return None
     return max(values) if higher else min(values)

@@ -119,7 +119,8 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
     outcomes: list[RunOutcome] = []
     try:
         with tracking.tracked_run(
-            run_name=f"compare {config.spec.dataset}/{config.spec.model}/{config.spec.attack}",
+            run_name=f"compare {config.spec.dataset}/{config.spec.model}/"
+                     f"{config.spec.attack if config.spec.backdoored else 'clean'}",
             tags={tracking.KIND_TAG: "comparison", tracking.VICTIM_RUN_TAG: victim.run_id,
                   tracking.VICTIM_HASH_TAG: victim.config_hash, tracking.COMPARISON_KEY_TAG: key,
                   tracking.EXECUTOR_TAG: executor.name, **tracking.standard_tags(env.device)},
@@ -130,6 +131,7 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
             tracking.log_params_flat({
                 "dataset": config.spec.dataset, "model": config.spec.model, "attack": config.spec.attack,
                 "target": config.spec.target, "poison_rate": config.spec.poison_rate,
+                "victim_kind": config.spec.victim_kind(),
                 "samples": "+".join(map(str, config.samples)), "seeds": config.seeds,
                 "rows": " | ".join(r.text for r in config.rows), "victim_run_id": victim.run_id,
                 **{f"attack.{k}": v for k, v in victim.attack.params_dict().items()},

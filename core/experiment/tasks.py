@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bdtool.core import interrupts, tracking
+from bdtool.core.callbacks import DetectionReport
 from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.experiment.context import defense_context
 from bdtool.core.experiment.evaluation import compute_metrics, evaluate
@@ -79,6 +80,9 @@ class RunOutcome:
     or the run was done again without the store)."""
     logged: bool = True
     """False when this run could not be (fully) logged: the store had failed."""
+    detection: dict[str, Any] | None = None
+    """The defense's verdict (``ctx.report_detection``): detected, target, score, threshold; None
+    when the defense reports none."""
 
     @property
     def score(self) -> float:
@@ -91,7 +95,34 @@ class RunOutcome:
             "metrics": {k: finite_or_none(v) for k, v in self.metrics.items()},
             "defense_time_s": finite_or_none(self.defense_time_s), "repair_time_s": finite_or_none(self.repair_time_s),
             "run_id": self.run_id, "error": self.error, "eval": self.result.to_dict() if self.result else None,
+            "detection": self.detection,
         }
+
+
+def detection_dict(report: DetectionReport) -> dict[str, Any]:
+    return {"detected": bool(report.detected), "target": report.target, "score": finite_or_none(float(report.score)),
+            "threshold": finite_or_none(float(report.threshold))}
+
+
+def detection_metrics(detection: dict[str, Any]) -> dict[str, float]:
+    """A verdict as the run's MLflow metrics (searchable: ``metrics.detected = 1``); detected_class is
+    -1 when nothing was flagged, suspected_class the class it would have pointed at."""
+    out = {"detected": float(detection["detected"]),
+           "detected_class": float(detection["target"]) if detection["detected"] and detection["target"] is not None else -1.0,
+           "suspected_class": float(detection["target"]) if detection["target"] is not None else -1.0}
+    for key in ("score", "threshold"):
+        if detection.get(key) is not None:
+            out[f"detection_{key}"] = float(detection[key])
+    return out
+
+
+def detection_from_metrics(metrics: dict[str, float]) -> dict[str, Any] | None:
+    """The inverse of ``detection_metrics`` (a resumed run's verdict), None when it logged none."""
+    if "detected" not in metrics:
+        return None
+    suspect = metrics.get("suspected_class", -1.0)
+    return {"detected": bool(metrics["detected"]), "target": None if suspect < 0 else int(suspect),
+            "score": metrics.get("detection_score"), "threshold": metrics.get("detection_threshold")}
 
 
 def namespaced(defense_name: str, key: str) -> str:
@@ -197,11 +228,16 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
         if log:
             mlflow.log_metric(namespaced(row.defense_name, key), float(value), step=step)
 
+    def report_detection(report: DetectionReport) -> None:
+        outcome.detection = detection_dict(report)
+        if log:
+            mlflow.log_metrics(detection_metrics(outcome.detection))
+
     knows = row.knowledge
     ctx = defense_context(victim, row.defense_cls, n, seed, env.device, trigger=knows is Knowledge.TRIGGER,
                           target=knows is not Knowledge.NONE,
                           progress=lambda label, d, t: progress(f"  {row.label}: {label}", d, t),
-                          log_metric=log_metric)
+                          log_metric=log_metric, report_detection=report_detection)
     data = victim.data
     if log:
         _log_run_inputs(ctx, job.evaluation_input, spec.dataset, n, seed)
@@ -217,7 +253,7 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
         outcome.repair_time_s = watch.seconds
     result = evaluate(model, data.evaluation, victim.attack, data.num_classes, env.device)
     outcome.result = result
-    outcome.metrics, errors = compute_metrics(job.metric_classes, result, victim.before)
+    outcome.metrics, errors = compute_metrics(job.metric_classes, result, victim.before, backdoored=spec.backdoored)
     for message in errors:  # a broken metric plugin costs its number, not the run
         env.progress.message(f"  {row.label} n={n} seed={seed}: {message}")
     if not log:
@@ -242,7 +278,7 @@ def _log_run_start(row: RowSpec, n: int, seed: int, victim: Victim, defense: Any
     spec = victim.spec
     tracking.log_params_flat({
         "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
-        "poison_rate": spec.poison_rate, "n": n, "seed": seed,
+        "poison_rate": spec.poison_rate, "victim_kind": spec.victim_kind(), "n": n, "seed": seed,
         "knowledge": row.knowledge_label, "defense": row.defense_name, "row": row.label,
         "repair": row.repair_cls.name if row.repair_cls is not None else None,
         "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},

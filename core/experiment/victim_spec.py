@@ -36,6 +36,17 @@ class VictimSpec:
     """The user's weights (``--victim``: a file, ``runs:/...`` or ``models:/...``) instead of a
     victim bdtool trains; the dataset, attack and target then say how it is evaluated."""
 
+    @property
+    def backdoored(self) -> bool:
+        """False for a clean victim (poison rate 0: nothing poisoned; its ASR column is the clean
+        model's natural rate of going to the target under the trigger). A user's own weights count
+        as possibly backdoored."""
+        return self.source is not None or self.poison_rate != 0
+
+    def victim_kind(self) -> str:
+        """``clean`` or ``backdoored``: how tables and MLflow name the victim."""
+        return "backdoored" if self.backdoored else "clean"
+
     def train_config(self, recipe: TrainConfig | None = None) -> TrainConfig:
         """The dataset's ``recipe`` (``DEFAULT_RECIPE`` when None) with this spec's overrides."""
         base = recipe if recipe is not None else DEFAULT_RECIPE

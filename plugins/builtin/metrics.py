@@ -32,6 +32,7 @@ def _need(reference: EvalResult | None, name: str) -> EvalResult:
 
 class Score(Metric):
     name = "score"
+    measures_removal = True
     header = "Score"
     relative = True
     description = "paper's Score: 100·(ACC/ACC_before)·max(0, 1−ASR/ASR_before)"
@@ -42,6 +43,7 @@ class Score(Metric):
 
 class ClassAwareScore(Metric):
     name = "class_score"
+    measures_removal = True
     header = "ClassScore"
     relative = True
     description = "Score·min(1, CTCA/CTCA_before): 0 when the target class is destroyed"
@@ -56,6 +58,7 @@ class ClassAwareScore(Metric):
 
 class DefenseEffectivenessRating(Metric):
     name = "der"
+    measures_removal = True
     header = "DER"
     relative = True
     percent = True
