@@ -98,8 +98,15 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help="row texts (bdtool compare --defense values) separated by ';'")
     parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db")
     parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="rewrite the Markdown table from the JSON of an earlier run with the same options")
     args = parser.parse_args()
     rows = ROWS if args.rows == ",".join(ROWS) else args.rows.split(";")
+    stem = RESULTS / f"trigger_free_{args.dataset}{args.tag}"
+    if args.summarise_only:
+        stem.with_suffix(".md").write_text(summarise(json.loads(stem.with_suffix(".json").read_text()), args, rows))
+        print(stem.with_suffix(".md").read_text())
+        return
     registries = get_registries()
     env = RunEnv(registries=registries, device=CPU, tracking_uri=args.tracking_uri, experiment="trigger-free")
     records: list[dict[str, Any]] = []
@@ -126,7 +133,6 @@ def main() -> None:
                                   f"CTCA {out['ctca']*100:5.1f} det {out.get('detected', '-')}/{out.get('detected_class', '-')}"
                                   f" {out['seconds']:.2f}s", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"trigger_free_{args.dataset}{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(records, indent=1))
     stem.with_suffix(".md").write_text(summarise(records, args, rows))
     print(stem.with_suffix(".md").read_text())
@@ -136,7 +142,8 @@ def summarise(records: list[dict[str, Any]], args: argparse.Namespace, rows: lis
     lines = [f"# Trigger-free removal, {args.dataset}, n = {args.samples}", "",
              "Command: `.venv/bin/python benchmarks/trigger_free.py " +
              f"--dataset {args.dataset} --kinds {args.kinds} --targets {args.targets} "
-             f"--victim-seeds {args.victim_seeds} --draws {args.draws}`", "",
+             f"--victim-seeds {args.victim_seeds} --draws {args.draws}" +
+             (f" --rows '{args.rows}'" if rows != ROWS else "") + (f" --tag {args.tag}" if args.tag else "") + "`", "",
              "Per victim kind: mean over victims of the mean over draws of D_U. ASR, ACC, CTCA in %; "
              "ACC/CTCA ratio = after / before. Found = share of runs that flagged a backdoor at the victim's "
              "target (backdoored victims) or flagged any class (clean victims). Time = the defense's wall time.", "",

@@ -37,11 +37,13 @@ def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset
     preflight(tracking_uri, output)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     grid = env.registries.sweeps.get(preset)
-    if victim is not None and len(grid.targets) > 1:
+    if victim is not None and (len(grid.targets) > 1 or grid.victims):
         from bdtool.core.errors import BdtoolError
 
-        raise BdtoolError(f"sweep {preset} trains one victim per target class ({', '.join(map(str, grid.targets))}); "
-                          "your --victim has one backdoor target: use a preset over one target or bdtool compare")
+        what = (f"{len(grid.victims)} victims of its own" if grid.victims else
+                f"one victim per target class ({', '.join(map(str, grid.targets))})")
+        raise BdtoolError(f"sweep {preset} trains {what}; your --victim is one model: use a preset over one "
+                          "target or bdtool compare")
     pool = len(split_test(load_dataset(dataset, env).test.y).pool_indices)
     sizes = list(samples) or [n for n in grid.samples if n <= pool] or [pool]
     dropped = [n for n in grid.samples if n > pool and not samples]
@@ -49,6 +51,9 @@ def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset
         click.echo(f"{preset}: n = {', '.join(map(str, dropped))} exceed the unseen pool of {dataset} ({pool}); dropped",
                    err=True)
     targets = grid.targets if len(grid.targets) > 1 else [target]
+    if grid.victims:
+        return sweep_victims(grid, sizes, seeds, output, no_log_models, resume, dataset, model, epochs, env, json_,
+                             executor, ray_address, gpus_per_task, cpus_per_task)
     if not json_:
         click.echo(f"{grid.description}: {len(grid.rows)} rows × n {sizes} × {seeds} seed(s) × target(s) {targets}")
     results = []
@@ -72,5 +77,39 @@ def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset
     if json_:
         emit_json({"preset": preset, "comparisons": results})
     code = exit_code(results)  # the worst over its comparisons (README, "bdtool compare")
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def sweep_victims(grid, sizes, seeds, output, no_log_models, resume, dataset, model, epochs, env, json_, executor,
+                  ray_address, gpus_per_task, cpus_per_task) -> None:
+    """A preset over victims (``Sweep.victims``): one comparison per victim, then the summary over
+    victims per victim kind (``victim_summary``)."""
+    from bdtool.core.experiment.sweep_summary import format_victim_summary, victim_summary
+
+    if not json_:
+        click.echo(f"{grid.description}: {len(grid.rows)} rows × n {sizes} × {seeds} draw(s) of D_U × "
+                   f"{len(grid.victims)} victims")
+    results = []
+    runner = make_executor(executor, ray_address, gpus_per_task, cpus_per_task)
+    try:
+        for item in grid.victims:
+            if not json_:
+                click.echo(f"\n== {item.label}")
+            spec = make_spec(dataset, model, item.attack, item.target, item.poison_rate, item.seed, epochs)
+            out = str(Path(output) / item.folder) if output else None
+            payload = compare_and_report(grid.rows, sizes, seeds, "trigger", spec, env, out, json_, not no_log_models,
+                                         executor=runner, resume="auto" if resume else None)
+            payload["victim"] = {"attack": item.attack, "target": item.target, "poison_rate": item.poison_rate,
+                                 "seed": item.seed, "kind": item.kind}
+            results.append(payload)
+    finally:
+        runner.close()
+    summary = victim_summary(results)
+    if json_:
+        emit_json({"preset": grid.name, "comparisons": results, "over_victims": summary})
+    else:
+        click.echo("\n" + format_victim_summary(summary, dataset))
+    code = exit_code(results)
     if code:
         raise click.exceptions.Exit(code)

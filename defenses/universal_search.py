@@ -70,8 +70,10 @@ class UniversalSearchParams:
     """First mask size of the patch search, in pixels."""
     patch_growth: float = 1.12
     """Growth of the patch search's size per step (masks are counted in pixels: 1 px of 64 is coarse)."""
-    patch_restarts: int = 3
+    patch_restarts: int = 8
     """Random patterns the patch search starts from (module docstring)."""
+    patch_halving: int = 4
+    """Every this many steps each class keeps the better half of its restarts (by their loss)."""
     additive_threshold: float = 0.24
     """Gap ln(ε_(2)/ε_(1)) above which the additive search reports a backdoor."""
     warp_threshold: float = 0.47
@@ -85,8 +87,8 @@ class UniversalSearchParams:
         return [f.strip() for f in str(self.families).split("+") if f.strip()]
 
     def validate(self) -> None:
-        if self.samples_per_class < 1 or self.steps < 1 or self.grid < 2 or self.patch_restarts < 1:
-            raise ValueError("samples_per_class, steps and patch_restarts must be >= 1 and grid >= 2")
+        if min(self.samples_per_class, self.steps, self.patch_restarts, self.patch_halving) < 1 or self.grid < 2:
+            raise ValueError("samples_per_class, steps, patch_restarts and patch_halving must be >= 1 and grid >= 2")
         if not (self.growth > 1.0 and self.patch_growth > 1.0):
             raise ValueError(f"growth and patch_growth must be > 1, got {self.growth}, {self.patch_growth}")
         if not 0.0 < self.rate <= 1.0:
@@ -262,19 +264,21 @@ def search_family(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, fami
     radius = torch.full((num_classes,), start)
     radii = [math.inf] * num_classes
     active = list(range(num_classes))
+    alive = {c: list(range(restarts)) for c in range(num_classes)}  # each class's restarts still searched
     last = start
     with frozen_eval(model):
-        for _ in range(p.steps):
+        for step in range(p.steps):
             interrupts.check()
             reached = [c for c in range(num_classes) if math.isfinite(radii[c])]
             if not active or (len(reached) >= 2 and (target is None or target in reached)):
                 break
-            index = torch.tensor([c + r * num_classes for r in range(restarts) for c in active], device=device)
+            index = torch.tensor([c + r * num_classes for c in active for r in alive[c]], device=device)
             classes = index % num_classes
             current = theta[index].clone().requires_grad_(True)
             logits = model(_moved(family, probes[index], current))
             labels = classes.repeat_interleave(k)
-            grad, = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), current)
+            losses = F.cross_entropy(logits, labels, reduction="none").view(len(index), k).sum(1)
+            grad, = torch.autograd.grad(losses.sum(), current)
             with torch.no_grad():
                 hits = (logits.argmax(1) == labels).double().view(len(index), k).mean(1).cpu()
                 ball = (radius[classes.cpu()] * base).to(device)
@@ -287,15 +291,23 @@ def search_family(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, fami
                     else:
                         radius[c] *= growth
                 active = [c for c in active if c not in hit]
+                if (step + 1) % p.patch_halving == 0:  # successive halving: keep each class's better restarts
+                    loss_of = {int(i): float(v) for i, v in zip(index.cpu(), losses.detach().cpu())}
+                    for c in active:
+                        ranked = sorted(alive[c], key=lambda r: loss_of[c + r * num_classes])
+                        alive[c] = ranked[:max(1, (len(ranked) + 1) // 2)]
     perturbations = theta.detach().cpu().view(restarts, num_classes, *theta.shape[1:])
-    # each class's perturbation: that of its restart that reached it (the first, if none did)
+    # each class's perturbation: that of its restart (still searched) that moves the most probes to it
     best = torch.zeros(num_classes, dtype=torch.long)
-    if restarts > 1:
-        with frozen_eval(model), torch.no_grad():
-            for c in range(num_classes):
-                images = _moved(family, probes[c::num_classes], perturbations[:, c].to(device))
-                rates = (model(images).argmax(1) == c).double().view(restarts, k).mean(1)
-                best[c] = int(rates.argmax())
+    with frozen_eval(model), torch.no_grad():
+        for c in range(num_classes):
+            if len(alive[c]) > 1:
+                rows_c = torch.tensor([c + r * num_classes for r in alive[c]])
+                images = _moved(family, probes[rows_c.to(device)], perturbations[alive[c], c].to(device))
+                rates = (model(images).argmax(1) == c).double().view(len(alive[c]), k).mean(1)
+                best[c] = alive[c][int(rates.argmax())]
+            else:
+                best[c] = alive[c][0]
     chosen = perturbations[best, torch.arange(num_classes)]
     return FamilyResult(family, radii, chosen, last, p.threshold(family))
 

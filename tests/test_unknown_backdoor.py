@@ -189,3 +189,39 @@ def test_a_comparison_on_the_backdoored_victim_shows_the_share_found_at_its_targ
     assert none["found_mean"] == 1.0 and none["der_mean"] is not None
     assert "found_mean" not in target  # the target was given: there was nothing to decide
     assert summary["runs"][0]["detection"]["target"] == 0 and summary["runs"][0]["detection"]["detected"] is True
+
+
+def test_the_trigger_free_preset_covers_attacks_targets_victim_seeds_and_clean_victims():
+    from bdtool.plugins import get_registries
+
+    grid = get_registries().sweeps.get("trigger-free")
+    kinds = {(v.kind, v.target) for v in grid.victims}
+    assert kinds == {(k, t) for k in ("badnets", "blend", "wanet") for t in (0, 5)} | {("clean", 0)}
+    assert all(len({v.seed for v in grid.victims if (v.kind, v.target) == kt}) >= 3 for kt in kinds)
+    assert {"suppress-target", "ours-proj:knowledge=none", "ours-proj:knowledge=target", "ours-proj", "nc"} <= set(grid.rows)
+
+
+def test_a_sweep_over_victims_runs_one_comparison_per_victim_and_summarises_per_kind(mlflow_store, monkeypatch):
+    """A two-victim grid (the backdoored default and its clean twin) through ``bdtool sweep``: one
+    comparison each, and the summary over victims per kind with the detection share."""
+    from bdtool.core.experiment.sweeps import Sweep, SweepVictim
+    from bdtool.plugins import get_registries
+
+    small = Sweep("tiny-victims", "two victims", ["ours-proj:knowledge=none", "basicft"], [50],
+                  victims=[SweepVictim("badnets", 0, 0.05, 0), SweepVictim("badnets", 0, 0.0, 0)])
+    registry = get_registries().sweeps
+    registry.register(small.name, small, "tests")
+    try:
+        result = CliRunner().invoke(main, ["sweep", small.name, "--seeds", "1", "--no-log-models", "--json",
+                                           "--tracking-uri", mlflow_store, "--device", "cpu"])
+    finally:
+        registry.unregister(small.name)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [c["meta"]["victim_kind"] for c in payload["comparisons"]] == ["backdoored", "clean"]
+    summary = {(e["kind"], e["row"]): e for e in payload["over_victims"]}
+    backdoored = summary[("badnets", "Ours-proj (none)")]
+    clean = summary[("clean", "Ours-proj (none)")]
+    assert backdoored["victims"] == 1 and backdoored["found"] == 1.0 and backdoored["asr"] <= 0.05
+    assert clean["flagged"] == 0.0 and clean["class_score"] is None and clean["acc_ratio"] == pytest.approx(1.0)
+    assert summary[("clean", "basicFT (none)")]["flagged"] is None  # basicFT decides nothing

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 import bdtool
-from bdtool.core.experiment.sweeps import Sweep
+from bdtool.core.experiment.sweeps import Sweep, SweepVictim
 
 
 def _table8_rows() -> list[str]:
@@ -50,7 +50,26 @@ defenses") beside the supplement's baselines, ours, ours-proj and the null row; 
 attack and data set (``--attack badnets|blend|sig|wanet|lc``, ``--dataset``; docs/attacks.md for
 each attack's recipe)."""
 
+TRIGGER_FREE_ROWS = ["suppress-target", "ours-proj:knowledge=none", "ours-proj:knowledge=target", "ours-proj",
+                     "nc", "fp", "anp", "ibau", "basicft"]
+"""The null row, ``ours-proj`` under each threat model and the field's trigger-free defenses
+(docs/method.md, "Unknown backdoor")."""
+
+
+def _trigger_free_victims() -> list[SweepVictim]:
+    """BadNets and Blend (poison rate 0.05) and WaNet (its documented recipe ``s=1.0`` at 0.1,
+    docs/attacks.md) at targets 0 and 5, and clean victims, each trained with seeds 0, 1, 2."""
+    victims = [SweepVictim(attack, target, rate, seed)
+               for attack, rate in (("badnets", 0.05), ("blend", 0.05), ("wanet:s=1.0", 0.1))
+               for target in (0, 5) for seed in (0, 1, 2)]
+    return victims + [SweepVictim("badnets", 0, 0.0, seed) for seed in (0, 1, 2)]
+
+
 SWEEPS: tuple[Sweep, ...] = (
+    Sweep("trigger-free", "the unknown backdoor: ours-proj without the trigger or the target, nc, fp, anp, ibau, "
+          "basicFT and the null row on BadNets, Blend and WaNet victims (targets 0 and 5) and clean victims, "
+          "3 victim seeds each, n = 50 (--seeds = draws of D_U)", TRIGGER_FREE_ROWS, [50],
+          victims=_trigger_free_victims()),
     Sweep("field", "the field's defenses (fp, anp, nc, ibau) beside the baselines, ours, ours-proj and the null row, "
           "n = 50 and 500", FIELD_ROWS, [50, 500]),
     Sweep("class-preserving", "ours-proj (class-preserving edit) under each threat model and as first released, beside ours, actFT, NAD "
