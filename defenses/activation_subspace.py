@@ -51,6 +51,7 @@ the trigger is unknown, is gradient descent on a mask (not on the model) and is 
 from __future__ import annotations
 
 import difflib
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -112,6 +113,10 @@ class SubspaceEditParams:
     perturbation search (``defenses/universal_search.py``: additive and warp, every class at once,
     its own detection); ``nc`` = Neural Cleanse's mask search and MAD test (the previous release;
     docs/method.md, "Unknown backdoor", compares them)."""
+    stand_in: Literal["all", "best"] = "all"
+    """With ``search=universal``: the stand-in trigger the edit shrinks: ``all`` = the perturbation
+    toward the suspected class of every family that reached it, ``best`` = only the deciding
+    family's (docs/method.md, "Unknown backdoor")."""
     search_steps: int = 40
     """With ``search=universal``: the search's largest number of steps (``UniversalSearchParams.steps``)."""
     search_epochs: int = 80
@@ -145,6 +150,8 @@ class SubspaceEditParams:
             raise ValueError(f"search_epochs must be >= 1, got {self.search_epochs}")
         if self.search not in ("universal", "nc"):
             raise ValueError(f"search must be universal or nc, got {self.search!r}")
+        if self.stand_in not in ("all", "best"):
+            raise ValueError(f"stand_in must be all or best, got {self.stand_in!r}")
         if self.search_steps < 1:
             raise ValueError(f"search_steps must be >= 1, got {self.search_steps}")
         if not 0.0 < self.energy <= 1.0:
@@ -367,6 +374,11 @@ class TriggerSource:
     source: str
     """``attack`` (the trigger was given), ``universal`` (the universal perturbation search) or
     ``reversed`` (Neural Cleanse's search)."""
+    rows: Tensor | None = None
+    """Which image of D_U each stamped image is (None: the i-th); several stand-ins stamp D_U once each."""
+
+    def base(self, n: int) -> Tensor:
+        return torch.arange(n) if self.rows is None else self.rows
 
 
 def universal_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceEditParams) -> TriggerSource | None:
@@ -387,9 +399,16 @@ def universal_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceE
         ctx.report_detection(DetectionReport(detection.detected, detection.target, detection.score, detection.threshold))
     if ctx.target_class is None and not detection.detected and p.unflagged == "keep":
         return None
-    chosen = detection.families[detection.family]
-    stamped = apply_perturbation(detection.family, chosen.perturbations[detection.target], ctx.unlearn.x)
-    return TriggerSource(stamped=stamped, target=detection.target, source="universal")
+    x = ctx.unlearn.x
+    if p.stand_in == "best":
+        families = [detection.family]
+    else:  # every family that reached the suspected class: the edit shrinks what each of them found
+        families = [name for name, r in detection.families.items() if math.isfinite(r.radii[detection.target])]
+    ctx.log_metric("ours-proj.stand_in_families", float(len(families)), None)
+    stamped = torch.cat([apply_perturbation(name, detection.families[name].perturbations[detection.target], x)
+                         for name in families])
+    return TriggerSource(stamped=stamped, target=detection.target, source="universal",
+                         rows=torch.arange(len(x)).repeat(len(families)))
 
 
 def reversed_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceEditParams) -> TriggerSource | None:
@@ -447,8 +466,9 @@ class SubspaceEditing(Defense):
             return model.eval()
         clean = layer_inputs(model, layer, x, ctx.device, p.batch_size)
         stamped = layer_inputs(model, layer, source.stamped, ctx.device, p.batch_size)
+        rows = source.base(len(x)).to(clean.device)
         whitening = clean_whitening(clean, p.shrinkage)
-        whitened = whitening.times(stamped - clean, -0.5)
+        whitened = whitening.times(stamped - clean[rows], -0.5)
         if p.rank == "auto":
             top = min(p.max_rank, *whitened.shape)
             basis = trigger_subspace(whitened, p.energy, top)
@@ -462,7 +482,7 @@ class SubspaceEditing(Defense):
         scales = [(i + 1) / p.scale_steps for i in range(p.scale_steps)] if fixed is None else [fixed]
         chosen, scale = 0, scales[0]
         if len(ranks) > 1 or len(scales) > 1:
-            others = ctx.unlearn.y.cpu() != source.target
+            others = ctx.unlearn.y.cpu()[source.base(len(x))] != source.target
             probe = source.stamped[others] if bool(others.any()) else source.stamped
             predicted = predictions_per_edit(model, layer, probe, left, right, ranks, mean, scales, ctx.device,
                                              p.batch_size)
