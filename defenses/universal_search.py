@@ -28,9 +28,10 @@ settled (the second class reached).
 
 Detection: per family, the gap g = ln(ε_(2)/ε_(1)) between the smallest and the second smallest
 radius (a class never reached counts as the last radius tried). The score is g divided by the
-family's threshold; a backdoor is reported when the larger of the two scores exceeds 1, pointing at
-the class of ε_(1) in that family. The thresholds were set once, from clean victims' D_U
-(docs/method.md, "Unknown backdoor", says how), and are the same on every data set.
+family's threshold; a backdoor is reported when the largest of the scores exceeds 1, pointing at
+the class of ε_(1) in that family. The thresholds come from clean victims of their own seeds only
+(``benchmarks/calibrate_detection.py``: the largest clean gap plus one growth step; no backdoored
+victim's gap enters them) and are the same on every data set (docs/method.md, "Unknown backdoor").
 """
 
 from __future__ import annotations
