@@ -120,6 +120,8 @@ def main() -> None:
                 b = victim.before
                 print(f"{args.dataset} {kind} target {target} victim seed {vseed}: ACC {b.acc:.4f} ASR {b.asr:.4f} "
                       f"CTCA {b.ctca:.4f}", flush=True)
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                stem.with_suffix(".json").write_text(json.dumps(records, indent=1))  # kept if the run is stopped
                 for text in rows:
                     for draw in range(args.draws):
                         try:
