@@ -206,6 +206,23 @@ def test_victim_with_wrong_shapes_is_one_line(mlflow_store, digits_victim, tmp_p
     assert runs_in(mlflow_store, experiment) == []
 
 
+@pytest.mark.parametrize("spoil, says", [
+    (lambda t: t.fill_(float("nan")), "hold NaN or inf (features.0.weight)"),
+    (lambda t: t.fill_(float("inf")), "hold NaN or inf (features.0.weight)"),
+    (lambda t: t.to(torch.int8), "not floating point (features.0.weight is int8)"),
+])
+def test_victim_with_weights_it_cannot_be_scored_on_is_one_line(mlflow_store, digits_victim, tmp_path, spoil, says):
+    """NaN, inf or integer weights would be scored (ACC 10 %, a Score above 100): refused before any run."""
+    state = {k: v.clone() for k, v in digits_victim.model.state_dict().items()}
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    assert first == "features.0.weight"
+    state[first] = spoil(state[first])
+    torch.save(state, tmp_path / "spoiled.pt")
+    experiment = new_experiment()
+    assert_one_line(compare(mlflow_store, experiment, "--victim", str(tmp_path / "spoiled.pt")), says)
+    assert runs_in(mlflow_store, experiment) == []
+
+
 def test_missing_victim_and_unknown_run_are_one_line(mlflow_store, digits_victim, tmp_path):
     assert_one_line(compare(mlflow_store, new_experiment(), "--victim", str(tmp_path / "nope.pt")), "no such file")
     assert_one_line(compare(mlflow_store, new_experiment(), "--victim", "runs:/0123456789abcdef/model"),

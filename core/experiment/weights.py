@@ -139,6 +139,19 @@ def fit_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str, arc
         problems.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}"
                         f"{', ...' if len(unexpected) > 3 else ''})")
     problems.extend(shapes[:2])
+    if not problems:  # a model scored on weights it does not hold gives numbers without a word: refused
+        floating = [k for k, v in expected.items() if v.is_floating_point()]
+        not_float = [f"{k} is {str(state[k].dtype).removeprefix('torch.')}" for k in floating
+                     if not state[k].is_floating_point()]
+        not_finite = [k for k in floating if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+        if not_float:
+            problems.append(f"{len(not_float)} weight tensor(s) not floating point ({', '.join(not_float[:3])}); "
+                            "a quantised model must be dequantised (float32) first")
+        if not_finite:
+            problems.append(f"{len(not_finite)} weight tensor(s) hold NaN or inf ({', '.join(not_finite[:3])}); "
+                            "the model diverged or the file is damaged")
+        if problems:
+            raise BdtoolError(f"{what}: {'; '.join(problems)}")
     if problems:
         raise BdtoolError(f"{what} does not fit --model {architecture}: {'; '.join(problems)}; pass the architecture "
                           "it was trained as (bdtool list models) and the data set it was trained on")
