@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from bdtool.cli.main import emit_json, main, make_env
+from bdtool.cli.options import SEED, ExperimentName
 from bdtool.cli.preflight import preflight
 from bdtool.core.compute.device import DEVICE_CHOICES
 
@@ -31,14 +32,14 @@ def _pct(value: float | None) -> str:
               help="Where the trigger is stamped: white = trigger, black = image (default: the trigger's alpha).")
 @click.option("--samples", type=int, default=None, help="Clean images the defense may use (default: the whole "
                                                           "training part of the folder).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="The defended model (.safetensors); default MODEL_FILE's name + .defended.safetensors, here.")
 @click.option("--no-log-models", is_flag=True, help="Do not log the defended model as an MLflow model too.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow store (default sqlite:///mlruns/mlflow.db).")
-@click.option("--experiment", default="bdtool", show_default=True, help="MLflow experiment name.")
+@click.option("--experiment", default="bdtool", show_default=True, type=ExperimentName(), help="MLflow experiment name.")
 @click.option("json_", "--json", is_flag=True, help="Print machine-readable JSON on stdout and nothing else.")
 def defend(model_file, architecture, data, row, target_label, trigger_image, trigger_mask, samples, seed, output,
            no_log_models, device, tracking_uri, experiment, json_) -> None:

@@ -20,6 +20,28 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+SEED = click.IntRange(min=0, max=2**31 - 1)
+"""A seed torch, numpy and Python's random all take (torch's generator overflows past 2⁶³, numpy's
+legacy seeding past 2³²): one declaration for every seed option."""
+
+
+class ExperimentName(click.ParamType):
+    """An MLflow experiment name as MLflow accepts it: not empty, at most 500 characters, printable."""
+
+    name = "experiment"
+    MAX_LENGTH = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        text = str(value)
+        if not text.strip():
+            self.fail("an experiment name cannot be empty", param, ctx)
+        if len(text) > self.MAX_LENGTH:
+            self.fail(f"an experiment name has at most {self.MAX_LENGTH} characters, got {len(text)}", param, ctx)
+        if not text.isprintable():
+            self.fail("an experiment name cannot hold control characters", param, ctx)
+        return text
+
+
 def parse_key_values(text: str, what: str) -> dict[str, str]:
     """``k=v,k2=v2`` -> dict; a malformed pair is a click.BadParameter naming it."""
     out: dict[str, str] = {}
@@ -37,7 +59,7 @@ victim_options = _stack(
     click.option("--attack", default="badnets", show_default=True, help="Attack name, optionally NAME:k=v,..."),
     click.option("--target", default=0, show_default=True, type=int, help="Backdoor target class."),
     click.option("--poison-rate", default=0.05, show_default=True, type=float, help="Share poisoned: of the training set (dirty-label attacks) or of the target class (clean-label sig, lc; docs/attacks.md)."),
-    click.option("--victim-seed", default=0, show_default=True, type=int, help="Seed of the victim's poisoning and training."),
+    click.option("--victim-seed", default=0, show_default=True, type=SEED, help="Seed of the victim's poisoning and training."),
     click.option("--epochs", type=int, default=None, help="Victim training epochs (default: the dataset's recipe)."),
 )
 
@@ -56,7 +78,8 @@ env_options = _stack(
     click.option("--download", is_flag=True, help="Allow torchvision to download a missing dataset."),
     click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
                  help="MLflow store (default sqlite:///mlruns/mlflow.db)."),
-    click.option("--experiment", default="bdtool", show_default=True, help="MLflow experiment name."),
+    click.option("--experiment", default="bdtool", show_default=True, type=ExperimentName(),
+                 help="MLflow experiment name."),
     click.option("json_", "--json", is_flag=True, help="Print machine-readable JSON on stdout and nothing else."),
 )
 

@@ -9,7 +9,7 @@ import time
 import click
 
 from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
-from bdtool.cli.options import env_options, victim_options, victim_source_option
+from bdtool.cli.options import SEED, env_options, victim_options, victim_source_option
 from bdtool.cli.preflight import preflight
 
 
@@ -19,7 +19,7 @@ from bdtool.cli.preflight import preflight
 @env_options
 @click.option("--samples", "-n", type=click.IntRange(min=2), default=50, show_default=True,
               help="Clean samples (D_U) drawn from the unseen pool; the search sees nothing else.")
-@click.option("--seed", type=click.IntRange(min=0, max=2**31 - 1), default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Which draw of D_U (and the search's sampling).")
 def scan(dataset, model, attack, target, poison_rate, victim_seed, epochs, victim, device, data_dir, download,
          tracking_uri, experiment, json_, samples, seed) -> None:

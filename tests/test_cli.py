@@ -60,3 +60,18 @@ def test_user_errors_are_one_line_without_traceback(cli, args, message):
     assert message in result.stderr
     assert "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, says", [
+    (["compare", "--experiment", ""], "an experiment name cannot be empty"),
+    (["compare", "--experiment", "x" * 501], "at most 500 characters"),
+    (["scan", "--experiment", "a\x07b"], "control characters"),
+    (["compare", "--victim-seed", "123456789012345678901"], "not in the range 0<=x<=2147483647"),
+    (["compare", "--victim-seed", "-1"], "not in the range"),
+    (["defend", "model.pt", "--model", "small-cnn", "--data", ".", "--seed", "99999999999999999999"], "not in the range"),
+])
+def test_names_and_seeds_the_libraries_refuse_are_refused_first_in_one_line(cli, args, says):
+    """MLflow refuses an empty or over-long experiment name, torch a seed past 2⁶³: bdtool says so
+    before either is reached (they were a 60-line MLflow traceback and a torch overflow)."""
+    result = cli(*args)
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
