@@ -44,6 +44,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 DOC = REPO / "docs" / "reliability.md"
+INPUTS_HEADING = "## Inputs that would be scored wrongly"
 
 COMMON = ["--samples", "5", "--seeds", "1", "--no-log-models", "--experiment", "bdtool"]
 FAST_ROW = ["--defense", "ours"]
@@ -865,7 +866,10 @@ def render(doc: Path = DOC) -> None:
             row.append(f"`{tail[-1][:160]}`" if tail else ("not measured yet" if e is None else "(none)"))
         lines.append("| " + " | ".join(cell(c) for c in row) + " |")
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines) + "\n")
+    kept = ""  # the hand-written sections after the generated ones (INPUTS_HEADING onward) survive a render
+    if doc.exists() and INPUTS_HEADING in doc.read_text():
+        kept = "\n" + doc.read_text()[doc.read_text().index(INPUTS_HEADING):]
+    doc.write_text("\n".join(lines) + "\n" + kept)
 
 
 def main() -> None:

@@ -122,9 +122,13 @@ def _read_image(path: str, what: str) -> tuple[Tensor, Tensor | None]:
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         alpha = torch.from_numpy(np.asarray(img, dtype=np.float32)[..., 3] / 255.0).unsqueeze(0)
-    mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16") else "RGB"
-    pixels = torch.from_numpy(np.asarray(img.convert(mode), dtype=np.float32) / 255.0)
-    pixels = pixels.unsqueeze(0) if mode == "L" else pixels.permute(2, 0, 1)
+    from bdtool.plugins.builtin.image_pixels import grey_mode, unit_pixels
+
+    channels = 1 if grey_mode(img.mode) else 3
+    try:
+        pixels = torch.from_numpy(unit_pixels(img, channels)).permute(2, 0, 1)
+    except ValueError as exc:
+        raise ValueError(f"the {what} {path} is {exc}") from None
     return pixels.contiguous(), alpha
 
 

@@ -28,6 +28,7 @@ import torch
 from bdtool.core.data import DataBundle
 from bdtool.core.errors import BdtoolError, DataNotFoundError
 from bdtool.core.interfaces import DatasetSource
+from bdtool.plugins.builtin.image_pixels import unit_pixels
 from bdtool.core.params import build_params
 from bdtool.core.tensors import LabeledTensors
 
@@ -87,8 +88,9 @@ class _Reader:
         from PIL import Image, UnidentifiedImageError  # Pillow comes with torchvision and matplotlib
 
         try:
-            img = Image.open(path)
-            img.load()
+            with Image.open(path) as opened:  # closed here: Pillow keeps a GIF's file open to seek its frames,
+                opened.load()  # so a folder of 1,200 GIFs ran out of file descriptors under ulimit -n 1024
+                img = opened.copy()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
             raise BdtoolError(f"folder data set {self.root}: {path} is not a readable image ({reason}); "
@@ -110,13 +112,10 @@ class _Reader:
             w, h = self.first[1]
             raise BdtoolError(f"folder data set {self.root}: {path} is {img.width}×{img.height}, {self.first[0]} is "
                               f"{w}×{h}; make them one size or give one (folder:PATH:size=N)")
-        if img.mode.startswith("I"):  # 16/32-bit grey
-            arr = np.asarray(img, dtype=np.float32) / 65535.0
-            arr = np.clip(arr, 0.0, 1.0)
-            arr = arr[..., None] if channels == 1 else np.repeat(arr[..., None], 3, axis=-1)
-        else:
-            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
-            arr = arr[..., None] if channels == 1 else arr
+        try:
+            arr = unit_pixels(img, channels)
+        except ValueError as exc:
+            raise BdtoolError(f"folder data set {self.root}: {path} is {exc}") from None
         return arr.transpose(2, 0, 1)
 
 
