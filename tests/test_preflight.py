@@ -293,3 +293,13 @@ def test_summary_that_cannot_be_logged_fails_the_comparison_in_one_line(store, m
     assert_one_line(result, str(folder), "cannot log the summary")
     assert [r.info.status for r in made if r.data.tags.get("bdtool.kind") == "comparison"] == ["FAILED"]
     assert len(all_runs(store)) == runs
+
+
+@pytest.mark.parametrize("inside", ["artifacts", "artifacts/0/abc/artifacts/report", "locks"])
+def test_output_inside_the_stores_own_folders_is_refused_in_one_line(tmp_path, inside):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(main, ["compare", "--device", "cpu", "--tracking-uri", store, "--output",
+                                       str(tmp_path / inside)])
+    assert result.exit_code != 0 and "inside the tracking store's own folder" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "artifacts" / "0").exists()  # refused before anything was written there
