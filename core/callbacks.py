@@ -13,8 +13,6 @@ MetricLogFn = Callable[[str, float, "int | None"], None]
 """log_metric(key, value, step)."""
 
 
-
-
 @dataclass(frozen=True)
 class DetectionReport:
     """A defense's verdict on whether the model holds a backdoor, and where it points

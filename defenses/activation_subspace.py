@@ -421,12 +421,10 @@ def reversed_trigger_source(model: nn.Module, ctx: DefenseContext, p: SubspaceEd
         chosen = triggers[0]
     else:
         detection = mad_outliers([t.l1 for t in triggers], params.anomaly_threshold)
-        smallest = min(range(len(triggers)), key=lambda c: triggers[c].l1)
+        smallest = detection.smallest
         ctx.log_metric("ours-proj.detected_class", float(detection.detected if detection.detected is not None else -1), None)
         ctx.log_metric("ours-proj.anomaly_index", detection.anomaly_index[smallest], None)
-        ctx.report_detection(DetectionReport(detection.detected is not None,
-                                             detection.detected if detection.detected is not None else smallest,
-                                             detection.anomaly_index[smallest], params.anomaly_threshold))
+        ctx.report_detection(detection.report(params.anomaly_threshold))
         if detection.detected is None and p.unflagged == "keep":
             return None
         chosen = triggers[detection.detected if detection.detected is not None else smallest]
@@ -466,9 +464,9 @@ class SubspaceEditing(Defense):
             return model.eval()
         clean = layer_inputs(model, layer, x, ctx.device, p.batch_size)
         stamped = layer_inputs(model, layer, source.stamped, ctx.device, p.batch_size)
-        rows = source.base(len(x)).to(clean.device)
+        rows = source.base(len(x))
         whitening = clean_whitening(clean, p.shrinkage)
-        whitened = whitening.times(stamped - clean[rows], -0.5)
+        whitened = whitening.times(stamped - clean[rows.to(clean.device)], -0.5)
         if p.rank == "auto":
             top = min(p.max_rank, *whitened.shape)
             basis = trigger_subspace(whitened, p.energy, top)
@@ -482,7 +480,7 @@ class SubspaceEditing(Defense):
         scales = [(i + 1) / p.scale_steps for i in range(p.scale_steps)] if fixed is None else [fixed]
         chosen, scale = 0, scales[0]
         if len(ranks) > 1 or len(scales) > 1:
-            others = ctx.unlearn.y.cpu()[source.base(len(x))] != source.target
+            others = ctx.unlearn.y.cpu()[rows] != source.target
             probe = source.stamped[others] if bool(others.any()) else source.stamped
             predicted = predictions_per_edit(model, layer, probe, left, right, ranks, mean, scales, ctx.device,
                                              p.batch_size)

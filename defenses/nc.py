@@ -115,6 +115,18 @@ class Detection:
     def detected(self) -> int | None:
         return self.flagged[0] if self.flagged else None
 
+    @property
+    def smallest(self) -> int:
+        """The class of the smallest norm (the suspect, flagged or not)."""
+        return min(range(len(self.norms)), key=lambda c: self.norms[c])
+
+    def report(self, threshold: float) -> DetectionReport:
+        """The verdict as ``ctx.report_detection`` takes it: the anomaly index of the smallest norm
+        against ``threshold``, pointing at the detected class (or the smallest norm's when none)."""
+        detected = self.detected
+        return DetectionReport(detected=detected is not None, target=detected if detected is not None else self.smallest,
+                               score=self.anomaly_index[self.smallest], threshold=threshold)
+
 
 def mad_outliers(norms: list[float], threshold: float = 2.0) -> Detection:
     """NC's outlier test on the masks' L1 norms (module docstring, step 2)."""
@@ -240,14 +252,12 @@ class NeuralCleanse(Defense):
         for trigger in triggers:
             ctx.log_metric("nc.mask_l1", trigger.l1, trigger.target)
         detection = mad_outliers([t.l1 for t in triggers], p.anomaly_threshold)
-        smallest = min(range(ctx.num_classes), key=lambda c: detection.norms[c])
+        smallest = detection.smallest
         ctx.log_metric("nc.anomaly_index", detection.anomaly_index[smallest], None)
         ctx.log_metric("nc.smallest_norm_class", float(smallest), None)
         ctx.log_metric("nc.detected_class", float(detection.detected if detection.detected is not None else -1), None)
         ctx.log_metric("nc.flagged_classes", float(len(detection.flagged)), None)
-        ctx.report_detection(DetectionReport(detected=detection.detected is not None,
-                                             target=detection.detected if detection.detected is not None else smallest,
-                                             score=detection.anomaly_index[smallest], threshold=p.anomaly_threshold))
+        ctx.report_detection(detection.report(p.anomaly_threshold))
         if detection.detected is None:
             return model.eval()  # no backdoor detected: NC leaves the model as it is
         data = unlearning_set(ctx.unlearn, triggers[detection.detected], p.unlearning_ratio, ctx.seed)

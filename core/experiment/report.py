@@ -249,13 +249,17 @@ def table_cells(summary: Summary, bold: bool = False) -> tuple[list[str], list[l
     return header, lines
 
 
+def aligned_table(header: list[str], lines: list[list[str]], left: int = 2) -> list[str]:
+    """A plain-text table: the header, a rule and the lines, columns padded to their widest cell;
+    the first ``left`` columns aligned left, the others right."""
+    widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
+    fmt = lambda row: "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    return [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(row) for row in lines]
+
+
 def format_text_table(summary: Summary) -> str:
     header, lines = table_cells(summary)
-    widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
-    fmt = lambda row: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
-    out = [summary.title, fmt(header), "  ".join("-" * w for w in widths)]
-    out += [fmt(row) for row in lines]
-    return "\n".join(out)
+    return "\n".join([summary.title, *aligned_table(header, lines)])
 
 
 def format_markdown(summary: Summary) -> str:

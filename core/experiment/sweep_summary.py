@@ -10,6 +10,8 @@ import math
 import statistics
 from typing import Any
 
+from bdtool.core.experiment.report import aligned_table
+
 FIELDS = ("asr", "acc", "ctca", "class_score", "found", "flagged", "time_s")
 PERCENT = {"asr", "acc", "ctca", "found", "flagged", "acc_ratio", "ctca_ratio"}
 
@@ -51,12 +53,9 @@ def format_victim_summary(summary: list[dict[str, Any]], dataset: str) -> str:
     lines = [[f"{e['kind']} ({e['victims']})", e["row"], *[_cell(e, k) for k in ("asr", "acc", "ctca", "acc_ratio",
                                                                                    "ctca_ratio", "class_score")],
               _cell(e, "flagged" if e["kind"] == "clean" else "found"), _cell(e, "time_s")] for e in summary]
-    widths = [max(len(str(r[i])) for r in [header] + lines) for i in range(len(header))]
-    text = [f"{dataset}: mean over victims of the mean over draws of D_U (percent except ClassScore and time; "
-            "found = flagged at the victim's target, flagged = a clean victim flagged at all)",
-            "  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    text += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in lines]
-    return "\n".join(text)
+    title = (f"{dataset}: mean over victims of the mean over draws of D_U (percent except ClassScore and time; "
+             "found = flagged at the victim's target, flagged = a clean victim flagged at all)")
+    return "\n".join([title, *aligned_table(header, lines, left=len(header))])
 
 
 def _cell(entry: dict[str, Any], key: str) -> str:

@@ -30,12 +30,12 @@ class SweepVictim:
 
     @property
     def label(self) -> str:
-        what = "clean" if self.poison_rate == 0 else f"{self.attack} → {self.target}"
+        what = self.kind if self.kind == "clean" else f"{self.attack} → {self.target}"
         return f"{what}, victim seed {self.seed}"
 
     @property
     def folder(self) -> str:
-        what = "clean" if self.poison_rate == 0 else f"{self.attack.partition(':')[0]}-target{self.target}"
+        what = self.kind if self.kind == "clean" else f"{self.kind}-target{self.target}"
         return f"{what}-seed{self.seed}"
 
 
