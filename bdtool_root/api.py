@@ -46,6 +46,7 @@ from bdtool.core.interfaces import (
     ProgressFn,
     Repair,
 )
+from bdtool.core.params import param
 from bdtool.core.results import EvalResult
 from bdtool.core.tensors import LabeledTensors
 
@@ -62,6 +63,6 @@ __all__ = [
     "BdtoolError", "DefenseInputError", "InvalidParameterError", "DataNotFoundError", "UnknownNameError",
     "DuplicateNameError", "UnsafeModelFileError",
     # helpers a defense commonly needs
-    "SGDParams", "check_sgd", "train_loop", "train_supervised", "cross_entropy_loss", "metric_logger", "LoopState",
+    "param", "SGDParams", "check_sgd", "train_loop", "train_supervised", "cross_entropy_loss", "metric_logger", "LoopState",
     "preserve_modes", "is_batchnorm", "set_batchnorm_mode", "check_finite", "ForwardCapture", "predict", "accuracy",
 ]

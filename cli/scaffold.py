@@ -77,6 +77,7 @@ from bdtool.api import (
     SGDParams,
     check_finite,
     hookimpl,
+    param,
     set_batchnorm_mode,
     train_loop,
 )
@@ -85,16 +86,18 @@ from bdtool.api import (
 @dataclass
 class {params_cls}(SGDParams):
     """SGD fine-tuning of the last layer. Settable per row:
-    ``bdtool compare --defense {name}:epochs=10,lr=0.05``."""
+    ``bdtool compare --defense {name}:epochs=10,lr=0.05``.
 
-    epochs: int = 5
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    batch_size: int = 64
+    Each number declares its range beside it, ``param(default, ge=, gt=, le=, lt=)``: bdtool
+    refuses a value outside it in one line before anything runs (a field that re-declares only
+    its default keeps SGDParams' range). Checks that concern several fields at once go in a
+    ``validate(self)`` that raises ValueError (call ``super().validate()`` first)."""
+
+    epochs: int = param(5, ge=1)
+    lr: float = param(0.01, gt=0)
+    weight_decay: float = param(1e-4, ge=0)
+    batch_size: int = param(64, ge=1)
     schedule: Literal["cosine", "constant", "step"] = "constant"
-
-    def validate(self) -> None:
-        super().validate()  # ValueError for an out-of-range SGD field: one line for the user
 
 
 class {cls}(Defense):

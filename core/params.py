@@ -1,6 +1,13 @@
 """Typed parameter dataclasses built from ``key=value`` strings (the CLI's ``NAME:k=v,...``).
 
 Lists are written with ``+`` between items (``layers=fc1+fc2``) because ``,`` separates keys.
+
+Every number's range is declared beside its field, ``lr: float = param(0.05, gt=0)``, and checked
+here once, by :func:`check_ranges`, for built-in and third-party params alike; ``validate()`` is
+left with what concerns several fields at once. A subclass that re-declares only a default keeps
+its parent's range (the ranges are looked up along the class's MRO). Every integer, declared or
+not, lies within ``INT_LIMIT``: the libraries behind bdtool (torch's and numpy's seeds, tensor
+sizes) overflow beyond it with a traceback (docs/reliability.md, "Inputs").
 """
 
 from __future__ import annotations
@@ -9,11 +16,79 @@ import dataclasses
 import difflib
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
 from bdtool.core.errors import InvalidParameterError
 
 P = TypeVar("P")
+
+INT_LIMIT = 2**31 - 1
+"""Largest magnitude of any integer parameter (numpy seeds stop at 2^32 - 1, C ints at 2^31 - 1)."""
+
+RANGE_KEY = "bdtool_range"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric field; ``None`` is unbounded on that side."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def describe(self) -> str:
+        """``in (0, 1]``, ``>= 1``, ``> 0`` ..."""
+        low = (f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else None)
+        high = (f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else None)
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>=' if self.ge is not None else '>'} {low[1:]}"
+        if high:
+            return f"{'<=' if self.le is not None else '<'} {high[:-1]}"
+        return "any number"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def param(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None) -> Any:
+    """A dataclass field with a default and a declared range (``steps: int = param(40, ge=1)``).
+    For a tuple the range holds for each item; for ``int | Literal['auto']`` for the number."""
+    return dataclasses.field(default=default, metadata={RANGE_KEY: Range(ge=ge, gt=gt, le=le, lt=lt)})
+
+
+def declared_range(params_cls: type, name: str) -> Range | None:
+    """The range declared for field ``name`` by ``params_cls`` or the nearest base that declares it."""
+    for klass in params_cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and RANGE_KEY in f.metadata:
+            return f.metadata[RANGE_KEY]
+    return None
+
+
+def check_ranges(params: Any) -> None:
+    """ValueError naming the first field whose value (or one of whose items) is outside its range,
+    or an integer beyond ``INT_LIMIT``."""
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        bounds = declared_range(type(params), f.name)
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if isinstance(item, int) and abs(item) > INT_LIMIT:
+                raise ValueError(f"{f.name}={item} is too large (integers are within ±{INT_LIMIT})")
+            if bounds is not None and not bounds.holds(item):
+                raise ValueError(f"{f.name} must be {bounds.describe()}, got {item}")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -49,6 +124,10 @@ def build_params(params_cls: type[P], values: Mapping[str, Any], owner: str) -> 
     except (TypeError, ValueError) as exc:
         raise InvalidParameterError(f"{owner}: {exc}", owner=owner) from None
     validate = getattr(params, "validate", None)
+    try:
+        check_ranges(params)
+    except ValueError as exc:
+        raise InvalidParameterError(f"{owner}: {exc}", owner=owner) from None
     if callable(validate):
         try:
             validate()

@@ -23,6 +23,7 @@ import bdtool
 from bdtool.core.compute.modules import check_finite
 from bdtool.core.compute.training import metric_logger, train_loop
 from bdtool.core.interfaces import Attack, Defense, DefenseContext
+from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 from bdtool.defenses._trigger import stamp
 from bdtool.defenses.basicft import FineTuneParams
@@ -32,12 +33,7 @@ from bdtool.defenses.basicft import FineTuneParams
 class ActFTParams(FineTuneParams):
     """basicFT's optimisation plus ``copies`` trigger-stamped copies of D_U with true labels."""
 
-    copies: int = 1
-
-    def validate(self) -> None:
-        super().validate()
-        if self.copies < 1:
-            raise ValueError("copies must be >= 1")
+    copies: int = param(1, ge=1)
 
 
 def with_stamped_copies(data: LabeledTensors, attack: Attack, copies: int, owner: str) -> LabeledTensors:

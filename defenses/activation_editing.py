@@ -28,7 +28,6 @@ mode) during the extraction passes (§B.3, Figure 4: fixed is better with BDK, u
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -40,6 +39,7 @@ import bdtool
 from bdtool.core.compute.modules import BATCHNORM_TYPES, preserve_modes, set_batchnorm_mode
 from bdtool.core.errors import BdtoolError, DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 
 EDITABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -72,13 +72,13 @@ class ActivationEditingParams:
 
     Default ``last1`` (the classifier only): in the ablation it keeps ASR at 0 with 5 samples and
     costs the least clean accuracy (docs/method.md, "Edited layers")."""
-    lam: float = 1.0
+    lam: float = param(1.0)  # any finite number
     """λ, the mean of the rescaled activations (supplement §B.3, Figure 4: best 1.0)."""
-    gamma: float = 0.5
+    gamma: float = param(0.5, ge=0)
     """γ, their standard deviation (§B.3, Figure 4: best 0.5); 0 leaves the weights unchanged."""
-    alpha: float = 0.0
+    alpha: float = param(0.0)  # any finite number
     """Weight of the clean activations in A (§B.4, Eq. 7, Table 9: final 0)."""
-    beta: float = -1.0
+    beta: float = param(-1.0)  # any finite number
     """Weight of the poisoned activations in A (§B.4, Eq. 7, Table 9: final −1)."""
     bn: Literal["auto", "fixed", "update"] = "auto"
     """Batch-Norm moving averages during extraction (§B.3, Figure 4): ``fixed`` (eval mode),
@@ -99,19 +99,11 @@ class ActivationEditingParams:
     infer_by: Literal["weight-norm", "mean-logit"] = "mean-logit"
     """How ``nobdk_source=inferred`` finds the target class: the classifier row with the largest
     L2 norm, or the class with the highest mean logit over the clean D_U given."""
-    batch_size: int = 1024
+    batch_size: int = param(1024, ge=1)
     """Extraction batch size (memory only; with ``bn=update`` each batch is one BN update)."""
 
     def validate(self) -> None:
         parse_layer_spec(self.layers)
-        if not math.isfinite(self.lam) or not math.isfinite(self.gamma):
-            raise ValueError("lam and gamma must be finite numbers")
-        if self.gamma < 0:
-            raise ValueError(f"gamma is a standard deviation and must be >= 0, got {self.gamma}")
-        if not (math.isfinite(self.alpha) and math.isfinite(self.beta)):
-            raise ValueError("alpha and beta must be finite numbers")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 # --------------------------------------------------------------------------- layer selection

@@ -63,6 +63,7 @@ import bdtool
 from bdtool.core.compute.modules import preserve_modes
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext, DetectionReport
+from bdtool.core.params import param
 from bdtool.defenses._trigger import stamp
 from bdtool.defenses.nc import NeuralCleanseParams, mad_outliers, reverse_triggers
 from bdtool.defenses.universal_search import FAMILIES, UniversalSearchParams, apply_perturbation, detect_backdoor
@@ -75,22 +76,22 @@ class SubspaceEditParams:
     layer: str = "auto"
     """The Linear layer whose input is edited: ``auto`` = the first Linear in module order (the
     head's input, after the convolutional features), or a module name from ``named_modules()``."""
-    rank: int | Literal["auto"] = "auto"
+    rank: int | Literal["auto"] = param("auto", ge=0)
     """The trigger subspace's rank r (1 ≤ r ≤ min(n, d)); 0 = chosen by ``energy``; ``auto`` = the
     smallest r ≤ ``max_rank`` at which the stamped D_U no longer goes to the target (module
     docstring, step 5), found in one forward pass. One direction sufficed on digits but not on
     Fashion-MNIST Blend (whitened, s = 1: ASR 27–30 % at r = 1, 3.7–6.1 % at r = 2;
     docs/method.md, "Class-preserving edit")."""
-    max_rank: int = 8
+    max_rank: int = param(8, ge=1)
     """With ``rank=auto``: the largest rank tried (capped at min(n, d))."""
-    shrinkage: float = 0.05
+    shrinkage: float = param(0.05, gt=0, le=1)
     """How the trigger's directions are measured (module docstring, step 3): against the clean D_U's
     covariance Σ shrunk toward its scaled identity, Σ_γ = (1 − γ)·Σ + γ·(tr Σ / d)·I. γ = 1 is the
     first release's orthogonal projection (no whitening); smaller γ removes the directions in which
     the trigger moves the features most *relative to the clean spread*, so the clean variation in
     them survives (Fashion-MNIST Blend, r = 2, s = 1: ASR 25–31 → 3.7–6.1 %, ACC 88–89 → 92 %;
     docs/method.md)."""
-    energy: float = 0.9
+    energy: float = param(0.9, gt=0, le=1)
     """With ``rank=0``: the smallest r whose squared singular values hold this share of ‖D‖²
     (0 < energy ≤ 1)."""
     restore_mean: bool = True
@@ -104,9 +105,9 @@ class SubspaceEditParams:
     smaller s only let more of the backdoor through (Fashion-MNIST Blend: ASR 8.3 % at the
     searched s = 0.95, 4.5 % at s = 1; docs/method.md); the search was the default when the edit
     was an orthogonal projection, where s = 1 cost a quarter of the target class."""
-    scale_steps: int = 20
+    scale_steps: int = param(20, ge=1)
     """With the search: the grid 1/steps, 2/steps, …, 1."""
-    tolerance: float = 0.0
+    tolerance: float = param(0.0, ge=0, lt=1)
     """With the search: the share of the stamped non-target D_U allowed to still go to the target."""
     search: Literal["universal", "nc"] = "universal"
     """Without the trigger, where the stand-in trigger comes from: ``universal`` = the universal
@@ -117,15 +118,15 @@ class SubspaceEditParams:
     """With ``search=universal``: the stand-in trigger the edit shrinks: ``all`` = the perturbation
     toward the suspected class of every family that reached it, ``best`` = only the deciding
     family's (docs/method.md, "Unknown backdoor")."""
-    search_steps: int = 40
+    search_steps: int = param(40, ge=1)
     """With ``search=universal``: the search's largest number of steps (``UniversalSearchParams.steps``)."""
-    search_epochs: int = 80
+    search_epochs: int = param(80, ge=1)
     """With ``search=nc``: epochs of Neural Cleanse's trigger search per class (``nc``'s
     ``reverse_epochs``; its other search settings are NC's defaults)."""
     unflagged: Literal["keep", "smallest"] = "keep"
     """Under ``none``, when NC's MAD test flags no class: ``keep`` the model unchanged (NC's rule)
     or edit with the smallest-norm class's trigger."""
-    batch_size: int = 1024
+    batch_size: int = param(1024, ge=1)
     """Forward-pass batch size (memory only)."""
 
     def scale_value(self) -> float | None:
@@ -142,30 +143,12 @@ class SubspaceEditParams:
             raise ValueError(f"scale must be auto, search or a number in (0, 1], got {self.scale!r}") from None
         if fixed is not None and not 0.0 < fixed <= 1.0:
             raise ValueError(f"scale must be auto, search or a number in (0, 1], got {self.scale!r}")
-        if self.scale_steps < 1:
-            raise ValueError(f"scale_steps must be >= 1, got {self.scale_steps}")
-        if not 0.0 <= self.tolerance < 1.0:
-            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
-        if self.search_epochs < 1:
-            raise ValueError(f"search_epochs must be >= 1, got {self.search_epochs}")
         if self.search not in ("universal", "nc"):
             raise ValueError(f"search must be universal or nc, got {self.search!r}")
         if self.stand_in not in ("all", "best"):
             raise ValueError(f"stand_in must be all or best, got {self.stand_in!r}")
-        if self.search_steps < 1:
-            raise ValueError(f"search_steps must be >= 1, got {self.search_steps}")
-        if not 0.0 < self.energy <= 1.0:
-            raise ValueError(f"energy must be in (0, 1], got {self.energy}")
-        if self.rank != "auto" and self.rank < 0:
-            raise ValueError(f"rank must be auto or >= 0 (0 = chosen by energy), got {self.rank}")
-        if self.max_rank < 1:
-            raise ValueError(f"max_rank must be >= 1, got {self.max_rank}")
-        if not 0.0 < self.shrinkage <= 1.0:
-            raise ValueError(f"shrinkage must be in (0, 1] (1 = no whitening), got {self.shrinkage}")
         if not str(self.layer).strip():
             raise ValueError("layer must be 'auto' or a Linear module's name")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def edited_linear(model: nn.Module, spec: str, owner: str = "ours-proj") -> tuple[str, nn.Linear]:

@@ -40,6 +40,7 @@ from bdtool.core import interrupts
 from bdtool.core.compute.modules import check_finite, frozen_eval
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.params import param
 from bdtool.defenses._pruning import affine_batchnorms
 
 
@@ -47,31 +48,19 @@ from bdtool.defenses._pruning import affine_batchnorms
 class ANPParams:
     """ANP's defaults (its released code; see the module docstring)."""
 
-    eps: float = 0.4
+    eps: float = param(0.4, ge=0, le=1)
     """Bound ε of the neuron perturbations δ (scale) and ξ (shift)."""
-    steps: int = 1
+    steps: int = param(1, ge=1)
     """Signed gradient-ascent steps on the perturbations per batch (step size ε/steps)."""
-    alpha: float = 0.2
+    alpha: float = param(0.2, ge=0, le=1)
     """Weight of the natural (unperturbed) loss; 1 − α weighs the perturbed loss."""
-    lr: float = 0.2
+    lr: float = param(0.2, gt=0)
     """Learning rate of the masks' SGD (momentum 0.9)."""
-    iterations: int = 2000
+    iterations: int = param(2000, ge=1)
     """Mask optimisation steps (one batch each)."""
-    batch_size: int = 128
-    threshold: float = 0.2
+    batch_size: int = param(128, ge=1)
+    threshold: float = param(0.2, ge=0, le=1)
     """Neurons whose mask ends below this are pruned."""
-
-    def validate(self) -> None:
-        if not 0.0 <= self.eps <= 1.0:
-            raise ValueError(f"eps must be in [0, 1], got {self.eps}")
-        if self.steps < 1 or self.iterations < 1 or self.batch_size < 1:
-            raise ValueError("steps, iterations and batch_size must be >= 1")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
 
 
 class AdversarialNeuronPruning(Defense):

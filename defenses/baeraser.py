@@ -52,6 +52,7 @@ from bdtool.core.compute.training import LoopState, SGDParams, metric_logger, tr
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.experiment.evaluation import predict
 from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.params import param
 from bdtool.defenses._trigger import stamp
 
 
@@ -67,9 +68,9 @@ class BaEraserParams(SGDParams):
     """No weight decay: the L1 pull to the original weights is the only regulariser."""
     batch_size: int = 64
     schedule: Literal["cosine", "constant", "step"] = "constant"
-    alpha: float = 1.0
+    alpha: float = param(1.0, ge=0)
     """Weight of the clean cross-entropy term that keeps utility."""
-    l1_lambda: float = 1e-4
+    l1_lambda: float = param(1e-4, ge=0)
     """λ of the L1 pull to the original weights."""
     loss: Literal["ascent", "margin"] = "ascent"
     """The unlearning term on triggered samples: ``ascent`` (the paper's) is gradient ascent on
@@ -77,29 +78,16 @@ class BaEraserParams(SGDParams):
     backdoor (p_target ≈ 1). ``margin`` pushes the target's logit below the best other class's
     by ``margin`` (a hinge whose gradient does not depend on how confident the backdoor is).
     Both measured in docs/baselines.md, "BaEraser's loss"."""
-    margin: float = 1.0
+    margin: float = param(1.0, ge=0)
     """How far below the best other logit the target's must go before a sample stops pushing
     (``loss=margin``)."""
-    cap: float = 4.0
+    cap: float = param(4.0, gt=0)
     """Per-sample cap on the ascent cross-entropy (bounds the ascent term; ``loss=ascent`` only)."""
-    threshold: float = 0.05
+    threshold: float = param(0.05, ge=0, le=1)
     """Early stop once the ASR on triggered D_U falls below this."""
     update_bn: bool = False
-    check_every: int = 1
+    check_every: int = param(1, ge=1)
     """Measure the ASR on triggered D_U every this many optimisation steps (and after each epoch)."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.alpha < 0 or self.l1_lambda < 0:
-            raise ValueError("alpha and l1_lambda must be >= 0")
-        if self.check_every < 1:
-            raise ValueError("check_every must be >= 1")
-        if self.margin < 0:
-            raise ValueError("margin must be >= 0")
-        if self.cap <= 0:
-            raise ValueError("cap must be > 0")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError("threshold must be in [0, 1]")
 
 
 def unlearn_asr(model: nn.Module, stamped: Tensor, target: int, device: torch.device) -> float:

@@ -41,6 +41,7 @@ from bdtool.core.compute.modules import ForwardCapture, check_finite, preserve_m
 from bdtool.core.compute.training import metric_logger, train_loop
 from bdtool.core.experiment.evaluation import accuracy
 from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 from bdtool.defenses._pruning import last_conv, silence_channels
 from bdtool.defenses._recipes import BackdoorBenchFinetuneParams
@@ -51,19 +52,12 @@ class FinePruningParams(BackdoorBenchFinetuneParams):
     """Pruning tolerance and step, then the fine-tuning's SGD fields (see the module docstring for
     each default's source; momentum 0.9 is SGDParams')."""
 
-    max_acc_drop: float = 0.1
+    max_acc_drop: float = param(0.1, ge=0, lt=1)
     """Stop pruning before D_U's accuracy falls more than this fraction below the unpruned model's."""
-    step: float = 0.01
+    step: float = param(0.01, gt=0, le=1)
     """Share of the last conv's channels pruned per step (rounded up to whole channels)."""
     finetune: bool = True
     """False: prune only (Liu et al.'s "pruning defense")."""
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0.0 <= self.max_acc_drop < 1.0:
-            raise ValueError(f"max_acc_drop must be in [0, 1), got {self.max_acc_drop}")
-        if not 0.0 < self.step <= 1.0:
-            raise ValueError(f"step must be in (0, 1], got {self.step}")
 
 
 @torch.no_grad()

@@ -37,37 +37,28 @@ import bdtool
 from bdtool.core import interrupts
 from bdtool.core.compute.modules import check_finite, preserve_modes
 from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.params import param
 
 
 @dataclass
 class IBAUParams:
     """I-BAU's defaults (its released code; see the module docstring)."""
 
-    rounds: int = 5
+    rounds: int = param(5, ge=1)
     """Unlearning rounds (a fresh universal perturbation each)."""
-    K: int = 5
+    K: int = param(5, ge=1)
     """Fixed-point iterations of the implicit hypergradient."""
-    lr: float = 1e-3
+    lr: float = param(1e-3, gt=0)
     """The outer (model) Adam learning rate."""
-    batch_size: int = 100
-    inner_lr: float = 0.1
+    batch_size: int = param(100, ge=1)
+    inner_lr: float = param(0.1, gt=0)
     """Step of the inner gradient-descent map Φ in the hypergradient."""
-    pert_lr: float = 10.0
+    pert_lr: float = param(10.0, gt=0)
     """SGD learning rate of the universal perturbation's search."""
-    reg: float = 1e-3
+    reg: float = param(1e-3, ge=0)
     """Weight of ‖δ‖² in the inner objective."""
-    portion: float = 0.01
+    portion: float = param(0.01, ge=0, le=1)
     """Share of each outer batch patched with δ (at least one image)."""
-
-    def validate(self) -> None:
-        if self.rounds < 1 or self.K < 1 or self.batch_size < 1:
-            raise ValueError("rounds, K and batch_size must be >= 1")
-        if not (self.lr > 0 and self.inner_lr > 0 and self.pert_lr > 0):
-            raise ValueError("lr, inner_lr and pert_lr must be > 0")
-        if self.reg < 0:
-            raise ValueError("reg must be >= 0")
-        if not 0.0 <= self.portion <= 1.0:
-            raise ValueError(f"portion must be in [0, 1], got {self.portion}")
 
 
 class IBAU(Defense):

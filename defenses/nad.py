@@ -30,9 +30,10 @@ from torch import Tensor, nn
 
 import bdtool
 from bdtool.core.compute.modules import ForwardCapture, check_finite
-from bdtool.core.compute.training import SGDParams, check_sgd, metric_logger, train_loop
+from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.params import param
 from bdtool.defenses.layer_groups import distillation_layers
 
 
@@ -48,12 +49,12 @@ class NADParams(SGDParams):
     weight_decay: float = 1e-4
     batch_size: int = 64
     schedule: Literal["cosine", "constant", "step"] = "step"
-    lr_drop_epoch: int = 2
+    lr_drop_epoch: int = param(2, ge=0)
     """After this many epochs the learning rate is divided by 10 (NAD's schedule, ``schedule=step``)."""
-    teacher_epochs: int = 10
-    teacher_lr: float = 0.01
-    p: float = 2.0
-    betas: tuple[float, ...] = (5000.0,)
+    teacher_epochs: int = param(10, ge=1)
+    teacher_lr: float = param(0.01, gt=0)
+    p: float = param(2.0, gt=0)
+    betas: tuple[float, ...] = param((5000.0,), ge=0)
     """β per layer group; a single value applies to every group."""
     layers: tuple[str, ...] = ()
     """Module names to distil; empty = chosen automatically (see layer_groups)."""
@@ -61,17 +62,9 @@ class NADParams(SGDParams):
     schedules: ClassVar[tuple[str, ...]] = ("step", "constant", "cosine")
 
     def validate(self) -> None:
-        try:
-            check_sgd(epochs=self.teacher_epochs, lr=self.teacher_lr)
-        except ValueError as exc:
-            raise ValueError(f"teacher_{exc}") from None
         super().validate()
-        if self.lr_drop_epoch < 0:
-            raise ValueError("lr_drop_epoch must be >= 0")
-        if self.p <= 0:
-            raise ValueError("p must be > 0")
-        if not self.betas or any(b < 0 for b in self.betas):
-            raise ValueError("betas must hold one or more values >= 0")
+        if not self.betas:
+            raise ValueError("betas must hold one or more values")
         if self.layers and len(self.betas) not in (1, len(self.layers)):
             raise ValueError(f"give one beta or one per layer ({len(self.layers)}), not {len(self.betas)}")
 

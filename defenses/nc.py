@@ -49,6 +49,7 @@ from bdtool.core import interrupts
 from bdtool.core.compute.modules import check_finite, frozen_eval
 from bdtool.core.compute.training import metric_logger, train_loop
 from bdtool.core.interfaces import Defense, DefenseContext, DetectionReport
+from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 from bdtool.defenses._recipes import BackdoorBenchFinetuneParams
 
@@ -61,31 +62,18 @@ class NeuralCleanseParams(BackdoorBenchFinetuneParams):
     """Reverse-engineering and detection settings, then the unlearning's SGD fields (module
     docstring; momentum 0.9 is SGDParams')."""
 
-    reverse_epochs: int = 80
-    reverse_batch_size: int = 32
-    mask_lr: float = 0.1
-    init_cost: float = 1e-3
-    attack_success: float = 0.99
-    patience: int = 5
-    cost_multiplier: float = 2.0
-    early_stop_threshold: float = 0.99
-    early_stop_patience: int = 25
-    anomaly_threshold: float = 2.0
-    unlearning_ratio: float = 0.2
+    reverse_epochs: int = param(80, ge=1)
+    reverse_batch_size: int = param(32, ge=1)
+    mask_lr: float = param(0.1, gt=0)
+    init_cost: float = param(1e-3, gt=0)
+    attack_success: float = param(0.99, gt=0, le=1)
+    patience: int = param(5, ge=1)
+    cost_multiplier: float = param(2.0, gt=1)
+    early_stop_threshold: float = param(0.99, gt=0, le=1)
+    early_stop_patience: int = param(25, ge=1)
+    anomaly_threshold: float = param(2.0, gt=0)
+    unlearning_ratio: float = param(0.2, gt=0, le=1)
     """Share of D_U stamped with the reversed trigger (true labels kept) for the unlearning."""
-
-    def validate(self) -> None:
-        super().validate()
-        if min(self.reverse_epochs, self.reverse_batch_size, self.patience, self.early_stop_patience) < 1:
-            raise ValueError("reverse_epochs, reverse_batch_size, patience and early_stop_patience must be >= 1")
-        if not (self.mask_lr > 0 and self.init_cost > 0 and self.cost_multiplier > 1):
-            raise ValueError("mask_lr and init_cost must be > 0 and cost_multiplier > 1")
-        if not 0.0 < self.attack_success <= 1.0:
-            raise ValueError(f"attack_success must be in (0, 1], got {self.attack_success}")
-        if not 0.0 < self.unlearning_ratio <= 1.0:
-            raise ValueError(f"unlearning_ratio must be in (0, 1], got {self.unlearning_ratio}")
-        if self.anomaly_threshold <= 0:
-            raise ValueError("anomaly_threshold must be > 0")
 
 
 @dataclass

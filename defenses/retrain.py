@@ -20,9 +20,10 @@ from torch import nn
 
 import bdtool
 from bdtool.core.compute.modules import check_finite, is_batchnorm
-from bdtool.core.compute.training import SGDParams, check_sgd, metric_logger, train_loop
+from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.params import param
 
 
 @dataclass
@@ -30,13 +31,10 @@ class RetrainParams:
     """Overrides of the victim's training recipe (None = the victim's value). Not an SGDParams:
     the defaults come from the victim (``ctx.train_recipe``), not from this declaration."""
 
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
+    epochs: int | None = param(None, ge=1)
+    lr: float | None = param(None, gt=0)
+    batch_size: int | None = param(None, ge=1)
     schedule: Literal["cosine", "constant"] | None = None
-
-    def validate(self) -> None:
-        check_sgd(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
 
 
 def reinitialise(model: nn.Module, owner: str = "retrain") -> nn.Module:

@@ -13,7 +13,6 @@ every other logit for any input. Needs the target label (threat model ``target``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,16 +22,13 @@ from torch import nn
 import bdtool
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.params import param
 
 
 @dataclass
 class SuppressTargetParams:
-    bias: float = -1e4
+    bias: float = param(-1e4, lt=0)
     """The target logit's bias after the edit (its weights are 0)."""
-
-    def validate(self) -> None:
-        if not (math.isfinite(self.bias) and self.bias < 0):
-            raise ValueError(f"bias must be a finite negative number, got {self.bias}")
 
 
 def output_layer(model: nn.Module, num_classes: int) -> nn.Linear:

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from bdtool.core import interrupts
 from bdtool.core.compute.modules import frozen_eval
+from bdtool.core.params import param
 from bdtool.plugins.builtin.attacks_wanet import WaNet, identity_grid
 
 FAMILIES = ("additive", "warp", "patch")
@@ -54,32 +55,32 @@ FAMILIES = ("additive", "warp", "patch")
 class UniversalSearchParams:
     """The search's settings (module docstring); defaults chosen in docs/method.md, "Unknown backdoor"."""
 
-    samples_per_class: int = 16
+    samples_per_class: int = param(16, ge=1)
     """k: images of D_U (of another class) each class's perturbation must move."""
-    steps: int = 40
+    steps: int = param(40, ge=1)
     """Largest number of projected-gradient steps (each grows the radius by ``growth``)."""
-    growth: float = 1.08
-    rate: float = 0.9
+    growth: float = param(1.08, gt=1)
+    rate: float = param(0.9, gt=0, le=1)
     """Share of the k images that must reach the class for its radius to count."""
-    additive_start: float = 0.1
+    additive_start: float = param(0.1, gt=0)
     """First radius of the additive search, as a share of the mean ‖x‖₂ of D_U."""
-    warp_start: float = 0.02
+    warp_start: float = param(0.02, gt=0)
     """First RMS control displacement of the warp search (grid units: 1 = half the image)."""
-    grid: int = 4
+    grid: int = param(4, ge=2)
     """Control grid of the warp (``grid`` × ``grid``)."""
-    patch_start: float = 1.0
+    patch_start: float = param(1.0, gt=0)
     """First mask size of the patch search, in pixels."""
-    patch_growth: float = 1.12
+    patch_growth: float = param(1.12, gt=1)
     """Growth of the patch search's size per step (masks are counted in pixels: 1 px of 64 is coarse)."""
-    patch_restarts: int = 8
+    patch_restarts: int = param(8, ge=1)
     """Random patterns the patch search starts from (module docstring)."""
-    patch_halving: int = 4
+    patch_halving: int = param(4, ge=1)
     """Every this many steps each class keeps the better half of its restarts (by their loss)."""
-    additive_threshold: float = 0.24
+    additive_threshold: float = param(0.24, gt=0)
     """Gap ln(ε_(2)/ε_(1)) above which the additive search reports a backdoor."""
-    warp_threshold: float = 0.47
+    warp_threshold: float = param(0.47, gt=0)
     """Gap above which the warp search reports a backdoor."""
-    patch_threshold: float = 0.57
+    patch_threshold: float = param(0.57, gt=0)
     """Gap above which the patch search reports a backdoor."""
     families: str = "additive+warp+patch"
     """Which families to search, joined by ``+``."""
@@ -88,16 +89,6 @@ class UniversalSearchParams:
         return [f.strip() for f in str(self.families).split("+") if f.strip()]
 
     def validate(self) -> None:
-        if min(self.samples_per_class, self.steps, self.patch_restarts, self.patch_halving) < 1 or self.grid < 2:
-            raise ValueError("samples_per_class, steps, patch_restarts and patch_halving must be >= 1 and grid >= 2")
-        if not (self.growth > 1.0 and self.patch_growth > 1.0):
-            raise ValueError(f"growth and patch_growth must be > 1, got {self.growth}, {self.patch_growth}")
-        if not 0.0 < self.rate <= 1.0:
-            raise ValueError(f"rate must be in (0, 1], got {self.rate}")
-        if not (self.additive_start > 0 and self.warp_start > 0 and self.patch_start > 0):
-            raise ValueError("additive_start, warp_start and patch_start must be > 0")
-        if not (self.additive_threshold > 0 and self.warp_threshold > 0 and self.patch_threshold > 0):
-            raise ValueError("additive_threshold, warp_threshold and patch_threshold must be > 0")
         unknown = [f for f in self.family_list() if f not in FAMILIES]
         if unknown or not self.family_list():
             raise ValueError(f"families must be some of {', '.join(FAMILIES)} joined by '+', got {self.families!r}")

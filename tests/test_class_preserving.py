@@ -107,7 +107,7 @@ def test_layer_errors_name_the_choices(digits_victim):
 
 @pytest.mark.parametrize("row, message", [
     ("ours-proj:energy=1.5", "energy must be in (0, 1]"),
-    ("ours-proj:rank=-1", "rank must be auto or >= 0"),
+    ("ours-proj:rank=-1", "rank must be >= 0, got -1"),
     ("ours-proj:rank=many", "rank"),
     ("ours-proj:max_rank=0", "max_rank must be >= 1"),
     ("ours-proj:shrinkage=0", "shrinkage must be in (0, 1]"),

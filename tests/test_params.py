@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Union, get_args, get_origin
 
 import pytest
 
 from bdtool.core.errors import InvalidParameterError
-from bdtool.core.params import build_params, coerce
+from bdtool.core.params import INT_LIMIT, Range, build_params, coerce, declared_range, param
+from bdtool.plugins import get_registries
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -146,3 +150,122 @@ def test_parameter_errors_name_the_owner_and_the_key():
     with pytest.raises(InvalidParameterError) as wrong:
         build_params(P, {"lr": "fast"}, owner="nad")
     assert (wrong.value.owner, wrong.value.key) == ("nad", "lr")
+
+
+# --------------------------------------------------------------------------- declared ranges (param)
+
+
+@dataclass
+class RangedParams:
+    count: int = param(1, ge=1)
+    rate: float = param(0.5, gt=0, le=1)
+    share: float = param(0.0, ge=0, lt=1)
+    weights: tuple[float, ...] = param((1.0,), ge=0)
+    rank: int | Literal["auto"] = param("auto", ge=0)
+    free: float = param(0.0)
+    unranged: int = 0
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("count", "0", "count must be >= 1, got 0"),                    # ge
+    ("rate", "0", r"rate must be in \(0, 1\], got 0.0"),           # gt
+    ("rate", "1.5", r"rate must be in \(0, 1\], got 1.5"),         # le
+    ("share", "1", r"share must be in \[0, 1\), got 1.0"),         # lt
+    ("share", "-0.1", r"share must be in \[0, 1\), got -0.1"),     # ge (float)
+    ("rank", "-1", "rank must be >= 0, got -1"),                    # int | Literal: the number
+])
+def test_a_value_outside_its_declared_range_is_refused_naming_field_and_range(key, value, message):
+    with pytest.raises(InvalidParameterError, match=f"^demo: {message}$"):
+        build_params(RangedParams, {key: value}, "demo")
+
+
+@pytest.mark.parametrize("values", [
+    {"count": "1"}, {"rate": "1"}, {"rate": "1e-9"}, {"share": "0"}, {"share": "0.999"}, {"rank": "auto"},
+    {"rank": "0"}, {"free": "-1e30"}, {"unranged": "-5"},
+])
+def test_values_on_the_inclusive_side_of_each_bound_are_accepted(values):
+    build_params(RangedParams, values, "demo")
+
+
+@pytest.mark.parametrize("bounds, described", [
+    (Range(ge=1), ">= 1"), (Range(gt=0), "> 0"), (Range(le=1), "<= 1"), (Range(lt=0), "< 0"),
+    (Range(gt=0, le=1), "in (0, 1]"), (Range(ge=0, lt=1), "in [0, 1)"), (Range(ge=0.5, le=2.5), "in [0.5, 2.5]"),
+    (Range(), "any number"),
+])
+def test_range_descriptions(bounds, described):
+    assert bounds.describe() == described
+
+
+def test_one_sided_bounds_refuse_exactly_their_boundary_violation():
+    assert not Range(ge=1).holds(0.999) and Range(ge=1).holds(1)
+    assert not Range(gt=0).holds(0) and Range(gt=0).holds(1e-12)
+    assert not Range(le=1).holds(1.0001) and Range(le=1).holds(1)
+    assert not Range(lt=1).holds(1) and Range(lt=1).holds(0.9999)
+
+
+@dataclass
+class ChildParams(RangedParams):
+    count: int = 5  # a new default only: the parent's range (>= 1) still holds
+    rate: float = 0.25
+
+
+def test_a_subclass_that_redeclares_only_a_default_keeps_the_parents_range():
+    assert ChildParams().count == 5 and declared_range(ChildParams, "count") == Range(ge=1)
+    with pytest.raises(InvalidParameterError, match="^demo: count must be >= 1, got 0$"):
+        build_params(ChildParams, {"count": "0"}, "demo")
+    with pytest.raises(InvalidParameterError, match=r"^demo: rate must be in \(0, 1\], got 2.0$"):
+        build_params(ChildParams, {"rate": "2"}, "demo")
+    assert build_params(ChildParams, {}, "demo") == ChildParams()
+
+
+def test_each_item_of_a_tuple_is_checked():
+    assert build_params(RangedParams, {"weights": "0+1+2.5"}, "demo").weights == (0.0, 1.0, 2.5)
+    with pytest.raises(InvalidParameterError, match="^demo: weights must be >= 0, got -1.0$"):
+        build_params(RangedParams, {"weights": "1+-1+2"}, "demo")
+
+
+@pytest.mark.parametrize("value", [str(INT_LIMIT + 1), str(-INT_LIMIT - 1), "1e20"])
+def test_an_integer_beyond_the_limit_is_refused_even_without_a_declared_range(value):
+    with pytest.raises(InvalidParameterError, match=rf"^demo: unranged={int(float(value))} is too large"):
+        build_params(RangedParams, {"unranged": value}, "demo")
+    assert build_params(RangedParams, {"unranged": str(INT_LIMIT)}, "demo").unranged == INT_LIMIT
+
+
+def _is_number(annotation) -> bool:
+    """int or float (not bool), an Optional or union holding one (``int | Literal['auto']``), or a
+    tuple/list of them."""
+    if annotation in (int, float):
+        return True
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_is_number(a) for a in get_args(annotation))
+    if origin in (tuple, list):
+        return any(_is_number(a) for a in get_args(annotation) if a is not Ellipsis)
+    return False
+
+
+# Numeric fields with no bound at all that are deliberately not declared with ``param``:
+# {(kind, component name, field): reason}. Empty: a number that may be anything finite is still
+# declared, as ``param(default)`` (e.g. ours' lam, alpha and beta).
+UNBOUNDED: dict[tuple[str, str, str], str] = {}
+
+
+def _components():
+    regs = get_registries()
+    return [pytest.param(kind, entry.name, entry.obj, id=f"{kind}:{entry.name}")
+            for kind in ("defenses", "attacks", "repairs") for entry in regs.registry(kind)]
+
+
+@pytest.mark.parametrize("kind, name, component", _components())
+def test_every_number_of_every_registered_component_declares_its_range(kind, name, component):
+    params_cls = component.Params
+    hints = typing.get_type_hints(params_cls)
+    missing = [f.name for f in dataclasses.fields(params_cls)
+               if _is_number(hints[f.name]) and declared_range(params_cls, f.name) is None
+               and (kind, name, f.name) not in UNBOUNDED]
+    assert not missing, f"{kind} {name}: declare the range of {', '.join(missing)} with param(default, ge=..., ...)"
+    for f in dataclasses.fields(params_cls):  # and every default lies in its declared range
+        bounds = declared_range(params_cls, f.name)
+        value = getattr(params_cls(), f.name)
+        items = value if isinstance(value, tuple) else (value,)
+        assert bounds is None or all(bounds.holds(v) for v in items if isinstance(v, (int, float))), (name, f.name)

@@ -14,27 +14,13 @@ from torch import Tensor, nn
 
 from bdtool.core import interrupts
 from bdtool.core.callbacks import MetricLogFn, ProgressFn, _no_progress
+from bdtool.core.params import declared_range, param
 from bdtool.core.tensors import LabeledTensors
 
 __all__ = [
     "SGDParams", "TrainConfig", "check_sgd", "LoopState", "StepLoss", "cross_entropy_loss", "train_loop",
     "train_supervised", "metric_logger",
 ]
-
-
-def check_sgd(epochs: int | None = None, lr: float | None = None, momentum: float | None = None,
-              weight_decay: float | None = None, batch_size: int | None = None) -> None:
-    """ValueError for an SGD hyper-parameter out of range; ``None`` means "not given"."""
-    if epochs is not None and epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if momentum is not None and not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if weight_decay is not None and not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
 @dataclass
@@ -47,11 +33,11 @@ class SGDParams:
     Exactly these six fields: a victim's cache key hashes ``asdict`` of its recipe.
     """
 
-    epochs: int = 10
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
+    epochs: int = param(10, ge=1)
+    lr: float = param(0.05, gt=0)
+    momentum: float = param(0.9, ge=0, lt=1)
+    weight_decay: float = param(5e-4, ge=0)
+    batch_size: int = param(128, ge=1)
     schedule: Literal["cosine", "constant", "step"] = "cosine"
     """'cosine': annealed to 0 over all steps; 'constant'; 'step': divided by 10 after
     ``lr_drop_epoch`` epochs (only where the params declare ``lr_drop_epoch``: NAD)."""
@@ -60,8 +46,6 @@ class SGDParams:
     """The schedules these params accept (NAD adds 'step')."""
 
     def validate(self) -> None:
-        check_sgd(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                  batch_size=self.batch_size)
         if self.schedule not in self.schedules:
             raise ValueError(f"schedule must be {' or '.join(self.schedules)}, got {self.schedule!r}")
 
@@ -72,6 +56,18 @@ class SGDParams:
 
 TrainConfig = SGDParams
 """The name victims' training recipes use (``DatasetSource.victim_recipe``, core/experiment/victim_spec.py); the same class."""
+
+
+def check_sgd(epochs: int | None = None, lr: float | None = None, momentum: float | None = None,
+              weight_decay: float | None = None, batch_size: int | None = None) -> None:
+    """ValueError for an SGD hyper-parameter outside the range :class:`SGDParams` declares for it;
+    ``None`` means "not given". Kept for plugins (``bdtool.api``): a params dataclass declares its
+    ranges with ``param`` instead, and ``build_params`` checks them."""
+    given = dict(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size)
+    for name, value in given.items():
+        bounds = declared_range(SGDParams, name)
+        if value is not None and bounds is not None and not (math.isfinite(value) and bounds.holds(value)):
+            raise ValueError(f"{name} must be {bounds.describe()}, got {value}")
 
 
 @dataclass

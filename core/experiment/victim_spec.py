@@ -13,6 +13,7 @@ from bdtool.core.data import DataBundle
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.splits import ExperimentData
 from bdtool.core.interfaces import Attack
+from bdtool.core.params import check_ranges
 from bdtool.core.results import EvalResult
 
 DEFAULT_RECIPE = TrainConfig(epochs=40, lr=0.05, batch_size=128)
@@ -53,6 +54,7 @@ class VictimSpec:
         overrides = {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size)) if v is not None}
         config = replace(base, **overrides)
         try:
+            check_ranges(config)  # the ranges SGDParams declares beside its fields
             config.validate()
         except ValueError as exc:
             raise BdtoolError(f"training recipe: {exc}") from None

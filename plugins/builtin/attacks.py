@@ -12,6 +12,7 @@ from torch import Tensor
 
 import bdtool
 from bdtool.core.interfaces import Attack
+from bdtool.core.params import param
 
 Position = Literal["bottom-right", "bottom-left", "top-right", "top-left"]
 
@@ -26,16 +27,12 @@ def checkerboard(h: int, w: int, device: torch.device | str | None = None) -> Te
 
 @dataclass
 class BadNetsParams:
-    size: int = 0
+    size: int = param(0, ge=0)
     """Patch side in pixels; 0 = automatic, max(2, image_size // 8) (2 px on 8×8, 3 px on 28×28)."""
     position: Position = "bottom-right"
-    margin: int = 0
+    margin: int = param(0, ge=0)
     """Pixels between the patch and the image border."""
     pattern: Literal["white", "checkerboard"] = "white"
-
-    def validate(self) -> None:
-        if self.size < 0 or self.margin < 0:
-            raise ValueError("size and margin must be >= 0")
 
 
 class BadNets(Attack):
@@ -70,13 +67,9 @@ class BadNets(Attack):
 
 @dataclass
 class BlendParams:
-    alpha: float = 0.2
+    alpha: float = param(0.2, gt=0, le=1)
     """Blend ratio of the pattern (Chen et al. 2017 use 0.2 for random patterns at training)."""
-    pattern_seed: int = 12345
-
-    def validate(self) -> None:
-        if not 0.0 < self.alpha <= 1.0:
-            raise ValueError("alpha must be in (0, 1]")
+    pattern_seed: int = param(12345, ge=0)
 
 
 class Blend(Attack):

@@ -27,31 +27,24 @@ from torch.nn import functional as F
 import bdtool
 from bdtool.core.errors import BdtoolError
 from bdtool.core.interfaces import Attack, AttackContext, Poisoning
+from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 from bdtool.plugins.builtin.attacks import checkerboard
 
 
 @dataclass
 class LCParams:
-    eps: float = 16 / 255
+    eps: float = param(16 / 255, ge=0, le=1)
     """ℓ∞ bound of the adversarial perturbation on [0, 1] images (the paper's ε = 16 of 255, §4.1)."""
-    steps: int = 20
+    steps: int = param(20, ge=0)
     """PGD steps (ours; the paper does not tie its step count to a model this small)."""
-    step_size: float = 0.0
+    step_size: float = param(0.0, ge=0)
     """PGD step; 0 = 2.5 · eps / steps (Madry et al. 2018's rule)."""
-    size: int = 0
+    size: int = param(0, ge=0)
     """Corner patch side in px; 0 = max(2, image_size // 8)."""
-    amplitude: float = 1.0
+    amplitude: float = param(1.0, gt=0, le=1)
     """Trigger amplitude in (0, 1]: 1 = the full black-and-white patch, less = reduced visibility (§4.3)."""
-    batch_size: int = 256
-
-    def validate(self) -> None:
-        if not 0.0 <= self.eps <= 1.0:
-            raise ValueError("eps must be in [0, 1]")
-        if self.steps < 0 or self.step_size < 0 or self.size < 0 or self.batch_size < 1:
-            raise ValueError("steps, step_size and size must be >= 0 and batch_size >= 1")
-        if not 0.0 < self.amplitude <= 1.0:
-            raise ValueError("amplitude must be in (0, 1]")
+    batch_size: int = param(256, ge=1)
 
 
 class LabelConsistent(Attack):

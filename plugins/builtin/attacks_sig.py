@@ -23,25 +23,18 @@ from torch import Tensor
 
 import bdtool
 from bdtool.core.interfaces import Attack, Poisoning
+from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 
 
 @dataclass
 class SIGParams:
-    delta: float = 20 / 255
+    delta: float = param(20 / 255, gt=0, le=1)
     """Amplitude Δ of the training signal on [0, 1] images (the paper's Δ = 20 of 255, §3)."""
-    frequency: float = 6.0
+    frequency: float = param(6.0, gt=0)
     """Cycles f across the image width (the paper's f = 6, §3)."""
-    delta_test: float = 0.0
+    delta_test: float = param(0.0, ge=0, le=1)
     """Amplitude at test time (ASR, and what trigger-knowing defenses stamp); 0 = ``delta``."""
-
-    def validate(self) -> None:
-        if not 0.0 < self.delta <= 1.0:
-            raise ValueError("delta must be in (0, 1]")
-        if not 0.0 <= self.delta_test <= 1.0:
-            raise ValueError("delta_test must be in [0, 1] (0 = delta)")
-        if self.frequency <= 0:
-            raise ValueError("frequency must be > 0")
 
 
 class SIG(Attack):

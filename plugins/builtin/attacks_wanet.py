@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 import bdtool
 from bdtool.core.interfaces import Attack, Poisoning
+from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 
 
@@ -36,24 +37,16 @@ def identity_grid(h: int, w: int, device: torch.device | None = None) -> Tensor:
 
 @dataclass
 class WaNetParams:
-    k: int = 4
+    k: int = param(4, ge=2)
     """Control-grid size k × k (§4.1; the paper's k = 4, §5.1)."""
-    s: float = 0.5
+    s: float = param(0.5, gt=0)
     """Warping strength (§4.1; the paper's s = 0.5, §5.1)."""
-    grid_rescale: float = 1.0
+    grid_rescale: float = param(1.0, gt=0)
     """Scale of the warped grid before clipping (the released code's ``grid_rescale``, 1)."""
-    cross_ratio: float = 2.0
+    cross_ratio: float = param(2.0, ge=0)
     """Noise-mode images per poisoned image (ρ_n / ρ_a = 2, §5.1); 0 turns the noise mode off."""
-    warp_seed: int = 12345
+    warp_seed: int = param(12345, ge=0)
     """Seed of the fixed warping field (the attacker's secret)."""
-
-    def validate(self) -> None:
-        if self.k < 2:
-            raise ValueError("k must be >= 2")
-        if self.s <= 0 or self.grid_rescale <= 0:
-            raise ValueError("s and grid_rescale must be > 0")
-        if self.cross_ratio < 0:
-            raise ValueError("cross_ratio must be >= 0")
 
 
 class WaNet(Attack):

@@ -14,17 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bdtool.api import Defense, DefenseContext, EvalResult, Metric, hookimpl
+from bdtool.api import Defense, DefenseContext, EvalResult, Metric, hookimpl, param
 
 
 @dataclass
 class CLPParams:
-    u: float = 3.0
+    u: float = param(3.0, gt=0)
     """Threshold in standard deviations above the layer's mean UCLC (the paper's default is 3)."""
-
-    def validate(self) -> None:
-        if self.u <= 0:
-            raise ValueError("u must be > 0")
 
 
 class ChannelLipschitzPruning(Defense):
