@@ -8,7 +8,8 @@ import click
 
 from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
 from bdtool.cli.executors import make_executor
-from bdtool.cli.options import env_options, executor_options, victim_options, victim_source_option
+from bdtool.cli.options import (COUNT, SEEDS, dry_run_option, env_options, executor_options, victim_options,
+                               victim_source_option)
 from bdtool.cli.preflight import preflight
 
 
@@ -33,8 +34,8 @@ def exit_code(payloads: list[dict[str, Any]]) -> int:
 
 def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowledge: str, spec, env, output: str | None,
                        json_: bool, log_models: bool, metrics: list[str] | None = None, executor: Any = None,
-                       resume: str | None = None) -> dict[str, Any]:
-    """Validate the rows, run the comparison, print the table (or nothing with --json), write
+                       resume: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Validate the rows (with ``dry_run``: every input, then return the plan and run nothing), run the comparison, print the table (or nothing with --json), write
     ``--output`` files, and return the summary as a dict (with ``parent_run_id``, ``status``,
     ``runs_total`` and ``runs_failed``); failed runs are said in one line on stderr."""
     from bdtool.core.experiment.report import CLASS_REMOVED_MARK, format_text_table
@@ -53,6 +54,8 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     registries.attacks.get(spec.attack)
     config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models,
                            output_dir=output, metrics=list(metrics or []), resume=resume)
+    if dry_run:
+        return dry_run_payload(config, env, json_)
     report_orphans(env.tracking_uri)
     # Ctrl-C or a signal: the runs are ended KILLED and BdtoolGroup exits 128 + N, reporting nothing.
     result = run_comparison(config, env, executor)
@@ -97,13 +100,32 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     return payload
 
 
+def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
+    """``--dry-run``: every check a comparison makes before work (``check_comparison``), the plan
+    printed, nothing trained or logged."""
+    from bdtool.core.experiment.runner import check_comparison
+
+    plan = check_comparison(config, env).to_dict()
+    spec = config.spec
+    plan.update(dry_run=True, victim={"dataset": spec.dataset, "model": spec.model, "kind": spec.victim_kind(),
+                                      "attack": spec.attack, "target": spec.target, "poison_rate": spec.poison_rate,
+                                      "seed": spec.seed, "source": spec.source})
+    if not json_:
+        click.echo(f"dry run: {plan['runs']} run(s) = {len(plan['rows'])} row(s) × n {plan['samples']} × "
+                   f"{plan['seeds']} seed(s) on {spec.dataset}/{spec.model} ({spec.victim_kind()} victim, "
+                   f"{spec.attack} target {spec.target}); every input checked, nothing run")
+        for label in plan["rows"]:
+            click.echo(f"  {label}")
+    return plan
+
+
 @main.command()
 @click.option("defenses", "--defense", multiple=True, metavar="NAME[:k=v,...]",
               help="A row: defense name with params; reserved keys knowledge=trigger|target|none (bdk=true|false "
                    "are aliases of trigger|none) and repair=<lr> or repair=NAME:<lr>. Repeatable. Default: the null "
                    "row suppress-target, ours under each knowledge, ours:repair=0.01 and every baseline (not the slower fp, anp, nc, ibau: name them).")
-@click.option("samples", "--samples", multiple=True, type=int, help="Unlearning set size n; repeatable. Default 50.")
-@click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per (row, n); results are mean ± std.")
+@click.option("samples", "--samples", multiple=True, type=COUNT, help="Unlearning set size n; repeatable. Default 50.")
+@click.option("--seeds", default=3, show_default=True, type=SEEDS, help="Seeds per (row, n); results are mean ± std.")
 @click.option("--knowledge", type=click.Choice(["trigger", "target", "none", "bdk"]), default="trigger",
               show_default=True,
               help="Default threat model of rows without knowledge=: trigger (the attack), target (the target "
@@ -121,9 +143,10 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
 @victim_options
 @env_options
 @executor_options
+@dry_run_option
 def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, resume, victim, dataset, model, attack,
             target, poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_,
-            executor, ray_address, gpus_per_task, cpus_per_task) -> None:
+            executor, ray_address, gpus_per_task, cpus_per_task, dry_run) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow."""
     preflight(tracking_uri, output)
     from bdtool.core.experiment.rows import default_rows_under
@@ -140,11 +163,13 @@ def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models,
     runner = make_executor(executor, ray_address, gpus_per_task, cpus_per_task)
     try:
         payload = compare_and_report(texts, list(samples) or [50], seeds, knowledge, spec, env, output, json_,
-                                     not no_log_models, list(metrics), runner, resume)
+                                     not no_log_models, list(metrics), runner, resume, dry_run)
     finally:
         runner.close()
     if json_:
         emit_json(payload)
+    if dry_run:
+        return
     code = exit_code([payload])
     if code:
         raise click.exceptions.Exit(code)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from bdtool.cli.main import emit_json, main, make_env
-from bdtool.cli.options import SEED, ExperimentName
+from bdtool.cli.options import CLASS, COUNT, SEED, ExperimentName, dry_run_option
 from bdtool.cli.preflight import preflight
 from bdtool.core.compute.device import DEVICE_CHOICES
 
@@ -25,12 +25,12 @@ def _pct(value: float | None) -> str:
                    "(30 % of each class without train/ and test/) is held out to measure the result.")
 @click.option("--defense", "row", default="ours", show_default=True, metavar="NAME[:k=v,...]",
               help="The defense, as a bdtool compare row (bdtool list defenses).")
-@click.option("--target-label", type=int, default=None, help="The backdoor's target class, if you know it.")
+@click.option("--target-label", type=CLASS, default=None, help="The backdoor's target class, if you know it.")
 @click.option("--trigger-image", type=click.Path(dir_okay=False), default=None,
               help="The trigger as an image the size of your images (needs --target-label).")
 @click.option("--trigger-mask", type=click.Path(dir_okay=False), default=None,
               help="Where the trigger is stamped: white = trigger, black = image (default: the trigger's alpha).")
-@click.option("--samples", type=int, default=None, help="Clean images the defense may use (default: the whole "
+@click.option("--samples", type=COUNT, default=None, help="Clean images the defense may use (default: the whole "
                                                           "training part of the folder).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
@@ -41,8 +41,9 @@ def _pct(value: float | None) -> str:
               help="MLflow store (default sqlite:///mlruns/mlflow.db).")
 @click.option("--experiment", default="bdtool", show_default=True, type=ExperimentName(), help="MLflow experiment name.")
 @click.option("json_", "--json", is_flag=True, help="Print machine-readable JSON on stdout and nothing else.")
+@dry_run_option
 def defend(model_file, architecture, data, row, target_label, trigger_image, trigger_mask, samples, seed, output,
-           no_log_models, device, tracking_uri, experiment, json_) -> None:
+           no_log_models, device, tracking_uri, experiment, json_, dry_run) -> None:
     """Defend MODEL_FILE (.safetensors or a state dict; never unpickled) with clean images; write the
     defended model as .safetensors and log an MLflow run."""
     from bdtool.core.errors import BdtoolError
@@ -65,7 +66,16 @@ def defend(model_file, architecture, data, row, target_label, trigger_image, tri
     env = make_env(device, None, False, tracking_uri, experiment, quiet=json_)
     config = DefendConfig(weights=model_file, model=architecture, dataset=f"folder:{data}", output=output, row=row,
                           target=target_label, attack=attack, samples=samples, seed=seed,
-                          log_model=not no_log_models)
+                          log_model=not no_log_models, dry_run=dry_run)
+    if dry_run:
+        plan = defend_model(config, env)
+        if json_:
+            emit_json(plan.to_dict())
+        else:
+            click.echo(f"dry run: {plan.row} (knowledge {plan.knowledge}) on {plan.n_unlearn} clean images of "
+                       f"{model_file} (sha256 {plan.weights_sha256[:12]}), {plan.n_holdout} held out, {plan.classes} "
+                       f"classes; would write {plan.output}; every input checked, nothing run")
+        return
     report_orphans(tracking_uri)
     result = defend_model(config, env)
     if json_:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 import bdtool
-from bdtool.cli.options import env_options, parse_key_values, victim_options
+from bdtool.cli.options import dry_run_option, env_options, parse_key_values, victim_options
 from bdtool.cli.preflight import preflight
 from bdtool.core import interrupts
 from bdtool.core.compute.device import resolve_device
@@ -45,10 +45,30 @@ def report_orphans(tracking_uri: str | None) -> None:
                    err=True)
 
 
+class OneLineUsageError(click.ClickException):
+    """A usage error as one line, ``Error: <what is wrong> (see bdtool CMD --help)``, exit code 2:
+    click's own form spreads it over four lines (usage, hint, blank, error)."""
+
+    exit_code = 2
+
+    @classmethod
+    def of(cls, exc: click.UsageError) -> "OneLineUsageError":
+        where = exc.ctx.command_path if exc.ctx is not None else "bdtool"
+        return cls(f"{one_line(exc.format_message())} (see {where} --help)")
+
+
 class BdtoolGroup(click.Group):
     """Turns user-facing errors into one clear line (no traceback) and a non-zero exit, and a
     signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) into KILLED runs, one line and exit 128 + N
     (``bdtool.cli.signals``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if any("\x00" in arg for arg in args):  # only in-process: a shell cannot pass one
+            raise OneLineUsageError("an argument holds a NUL character, which no file name or value can hold")
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise OneLineUsageError.of(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         from bdtool.cli.signals import exit_code_of, name_of, raising_interrupted
@@ -59,11 +79,27 @@ class BdtoolGroup(click.Group):
                 interrupts.check()  # a signal whose raise was swallowed after the last run still counts
                 return result
             except BdtoolError as exc:
-                raise click.ClickException(str(exc)) from None
+                raise click.ClickException(one_line(str(exc))) from None
+            except click.UsageError as exc:  # one line too, still exit 2 (click's code for usage errors)
+                raise OneLineUsageError.of(exc) from None
+            except click.ClickException as exc:  # click's errors echo the value the user gave
+                exc.message = one_line(exc.message)
+                raise
+            except OSError as exc:  # the file system refused a path the user gave (too long, not allowed, ...)
+                where = f" ({one_line(str(exc.filename))[:200]})" if exc.filename else ""
+                raise click.ClickException(f"{exc.strerror or exc}{where}") from None
             except KeyboardInterrupt as exc:  # tracked_run has ended the open runs KILLED
                 end_active_runs("KILLED")
                 click.echo(f"interrupted by {name_of(exc)}: open MLflow runs were marked KILLED", err=True)
                 raise click.exceptions.Exit(exit_code_of(exc)) from None
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: control characters (newlines, escapes, bells) written as
+    Python escapes, so a value the user gave cannot break the line or drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == "\t" else repr(ch)[1:-1] for ch in text)
 
 
 def end_active_runs(status: str) -> None:
@@ -112,14 +148,30 @@ def emit_json(payload: Any) -> None:
 @victim_options
 @env_options
 @click.option("--retrain", is_flag=True, help="Train again even if a cached victim exists.")
+@dry_run_option
 def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download,
-          tracking_uri, experiment, json_, retrain) -> None:
+          tracking_uri, experiment, json_, retrain, dry_run) -> None:
     """Train (or reuse) the poisoned victim model and log it to MLflow."""
+    from bdtool.core.experiment.components import load_dataset
+    from bdtool.core.experiment.victim import check_victim_spec
+
     preflight(tracking_uri)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
+    bundle = load_dataset(spec.dataset, env)
+    _, recipe = check_victim_spec(spec, env, bundle)
+    if dry_run:
+        plan = {"dry_run": True, "dataset": spec.dataset, "model": spec.model, "attack": spec.attack,
+                "target": spec.target, "poison_rate": spec.poison_rate, "seed": spec.seed, "epochs": recipe.epochs}
+        if json_:
+            emit_json(plan)
+        else:
+            click.echo(f"dry run: a {spec.victim_kind()} {spec.dataset}/{spec.model} victim ({spec.attack} target "
+                       f"{spec.target}, poison rate {spec.poison_rate}, {recipe.epochs} epochs); every input checked, "
+                       "nothing trained")
+        return
     report_orphans(tracking_uri)
-    victim = get_victim(spec, env, retrain=retrain)
+    victim = get_victim(spec, env, retrain=retrain, bundle=bundle)
     result = {
         "victim_hash": victim.config_hash, "run_id": victim.run_id, "reused": victim.reused,
         "train_time_s": round(victim.train_seconds, 2), "epochs": victim.train_config.epochs,

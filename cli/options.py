@@ -20,9 +20,42 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
-SEED = click.IntRange(min=0, max=2**31 - 1)
+INT_LIMIT = 2**31 - 1
+"""Largest integer any option takes (bdtool.core.params.INT_LIMIT: what torch and numpy take)."""
+
+SEED = click.IntRange(min=0, max=INT_LIMIT)
 """A seed torch, numpy and Python's random all take (torch's generator overflows past 2⁶³, numpy's
 legacy seeding past 2³²): one declaration for every seed option."""
+
+COUNT = click.IntRange(min=1, max=INT_LIMIT)
+"""A number of things (samples, epochs): at least 1."""
+
+MAX_SEEDS = 1000
+SEEDS = click.IntRange(min=1, max=MAX_SEEDS)
+"""Seeds per (row, n): each is a full run; a thousand is already a week of ResNet-18 runs."""
+
+CLASS = click.IntRange(min=0, max=INT_LIMIT)
+"""A class index; its upper bound is the data set's, checked once the data set is known."""
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that refuses NaN and inf (click's own lets NaN through every bound)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if number != number or number in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+POISON_RATE = FiniteFloatRange(min=0.0, max=1.0, max_open=True)
+TASK_SHARE = FiniteFloatRange(min=0.0, max=1024.0, min_open=True)
+"""GPUs or CPUs a Ray task asks for."""
+
+dry_run_option = click.option(
+    "--dry-run", is_flag=True,
+    help="Check every input (options, rows and their parameters, the data set, the store) and print what would "
+         "run; train nothing, log nothing.")
 
 
 class ExperimentName(click.ParamType):
@@ -57,10 +90,10 @@ victim_options = _stack(
     click.option("--dataset", default="digits", show_default=True, help="Dataset name (bdtool list datasets)."),
     click.option("--model", default="small-cnn", show_default=True, help="Model architecture name."),
     click.option("--attack", default="badnets", show_default=True, help="Attack name, optionally NAME:k=v,..."),
-    click.option("--target", default=0, show_default=True, type=int, help="Backdoor target class."),
-    click.option("--poison-rate", default=0.05, show_default=True, type=float, help="Share poisoned: of the training set (dirty-label attacks) or of the target class (clean-label sig, lc; docs/attacks.md)."),
+    click.option("--target", default=0, show_default=True, type=CLASS, help="Backdoor target class."),
+    click.option("--poison-rate", default=0.05, show_default=True, type=POISON_RATE, help="Share poisoned: of the training set (dirty-label attacks) or of the target class (clean-label sig, lc; docs/attacks.md)."),
     click.option("--victim-seed", default=0, show_default=True, type=SEED, help="Seed of the victim's poisoning and training."),
-    click.option("--epochs", type=int, default=None, help="Victim training epochs (default: the dataset's recipe)."),
+    click.option("--epochs", type=COUNT, default=None, help="Victim training epochs (default: the dataset's recipe)."),
 )
 
 victim_source_option = click.option(
@@ -89,8 +122,8 @@ executor_options = _stack(
                       "(docs/scale-out.md; pip install 'bdtool[ray]')."),
     click.option("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
                  help="The Ray cluster to join (default: start a local instance with this machine's cores)."),
-    click.option("--gpus-per-task", default=1.0, show_default=True, type=float,
+    click.option("--gpus-per-task", default=1.0, show_default=True, type=TASK_SHARE,
                  help="GPUs a Ray task asks for on CUDA; fractions pack several tasks onto one GPU."),
-    click.option("--cpus-per-task", default=1.0, show_default=True, type=float,
+    click.option("--cpus-per-task", default=1.0, show_default=True, type=TASK_SHARE,
                  help="CPU cores a Ray task asks for (torch uses that many threads in it)."),
 )

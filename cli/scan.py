@@ -9,7 +9,7 @@ import time
 import click
 
 from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
-from bdtool.cli.options import SEED, env_options, victim_options, victim_source_option
+from bdtool.cli.options import INT_LIMIT, SEED, dry_run_option, env_options, victim_options, victim_source_option
 from bdtool.cli.preflight import preflight
 
 
@@ -17,12 +17,13 @@ from bdtool.cli.preflight import preflight
 @victim_options
 @victim_source_option
 @env_options
-@click.option("--samples", "-n", type=click.IntRange(min=2), default=50, show_default=True,
+@click.option("--samples", "-n", type=click.IntRange(min=2, max=INT_LIMIT), default=50, show_default=True,
               help="Clean samples (D_U) drawn from the unseen pool; the search sees nothing else.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Which draw of D_U (and the search's sampling).")
+@dry_run_option
 def scan(dataset, model, attack, target, poison_rate, victim_seed, epochs, victim, device, data_dir, download,
-         tracking_uri, experiment, json_, samples, seed) -> None:
+         tracking_uri, experiment, json_, samples, seed, dry_run) -> None:
     """Say whether the model holds a backdoor, and which class it points at, from clean samples alone.
 
     \b
@@ -39,11 +40,26 @@ def scan(dataset, model, attack, target, poison_rate, victim_seed, epochs, victi
     preflight(tracking_uri)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs, source=victim)
+    from bdtool.core.experiment.components import load_dataset
+    from bdtool.core.experiment.splits import split_test
+    from bdtool.core.experiment.victim import check_victim_spec
+
+    bundle = load_dataset(spec.dataset, env)
+    check_victim_spec(spec, env, bundle)
+    pool = len(split_test(bundle.test.y).pool_indices)
+    if samples > pool:
+        raise BdtoolError(f"--samples {samples}: the unseen pool holds only {pool} samples; use a smaller --samples")
+    if dry_run:
+        plan = {"dry_run": True, "dataset": spec.dataset, "model": spec.model, "samples": samples, "seed": seed,
+                "pool": pool, "victim_kind": spec.victim_kind(), "source": spec.source}
+        if json_:
+            emit_json(plan)
+        else:
+            click.echo(f"dry run: a scan of the {spec.victim_kind()} {spec.dataset}/{spec.model} victim on {samples} of "
+                       f"{pool} unseen samples (draw {seed}); every input checked, nothing run")
+        return
     report_orphans(tracking_uri)
-    loaded = get_victim(spec, env)
-    if samples > len(loaded.data.pool):
-        raise BdtoolError(f"--samples {samples}: the unseen pool holds only {len(loaded.data.pool)} samples; "
-                          "use a smaller --samples")
+    loaded = get_victim(spec, env, bundle=bundle)
     from bdtool.core.interfaces import Defense
 
     ctx = data_context(loaded.data, Defense, samples, seed, env.device, attack=None, target_class=None)

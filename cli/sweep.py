@@ -9,7 +9,8 @@ import click
 from bdtool.cli.compare import compare_and_report, exit_code
 from bdtool.cli.main import emit_json, main, make_env, make_spec
 from bdtool.cli.executors import make_executor
-from bdtool.cli.options import env_options, executor_options, victim_options, victim_source_option
+from bdtool.cli.options import (COUNT, SEEDS, dry_run_option, env_options, executor_options, victim_options,
+                               victim_source_option)
 from bdtool.cli.preflight import preflight
 from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.components import load_dataset
@@ -17,8 +18,8 @@ from bdtool.core.experiment.components import load_dataset
 
 @main.command()
 @click.argument("preset", metavar="PRESET")
-@click.option("samples", "--samples", multiple=True, type=int, help="Override the preset's sample sizes.")
-@click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per (row, n).")
+@click.option("samples", "--samples", multiple=True, type=COUNT, help="Override the preset's sample sizes.")
+@click.option("--seeds", default=3, show_default=True, type=SEEDS, help="Seeds per (row, n).")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Write each comparison's tables into this folder (one subfolder per target).")
 @click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow.")
@@ -29,9 +30,10 @@ from bdtool.core.experiment.components import load_dataset
 @victim_options
 @env_options
 @executor_options
+@dry_run_option
 def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset, model, attack, target, poison_rate,
           victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_, executor, ray_address,
-          gpus_per_task, cpus_per_task) -> None:
+          gpus_per_task, cpus_per_task, dry_run) -> None:
     """Run a named grid as one comparison per target (bdtool list sweeps: table7, table8, table9,
     table10, figure4 and any a plugin registers)."""
     preflight(tracking_uri, output)
@@ -51,6 +53,12 @@ def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset
         click.echo(f"{preset}: n = {', '.join(map(str, dropped))} exceed the unseen pool of {dataset} ({pool}); dropped",
                    err=True)
     targets = grid.targets if len(grid.targets) > 1 else [target]
+    if dry_run:
+        specs = ([make_spec(dataset, model, item.attack, item.target, item.poison_rate, item.seed, epochs)
+                  for item in grid.victims] if grid.victims else
+                 [make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs, victim) for t in targets])
+        return sweep_dry_run(grid, sizes, seeds, specs, env, output, json_, executor, ray_address, gpus_per_task,
+                             cpus_per_task)
     if grid.victims:
         return sweep_victims(grid, sizes, seeds, output, no_log_models, resume, dataset, model, epochs, env, json_,
                              executor, ray_address, gpus_per_task, cpus_per_task)
@@ -113,3 +121,20 @@ def sweep_victims(grid, sizes, seeds, output, no_log_models, resume, dataset, mo
     code = exit_code(results)
     if code:
         raise click.exceptions.Exit(code)
+
+
+def sweep_dry_run(grid, sizes, seeds, specs, env, output, json_, executor, ray_address, gpus_per_task,
+                  cpus_per_task) -> None:
+    """``--dry-run``: each of the sweep's comparisons checked as ``compare --dry-run`` checks one."""
+    make_executor(executor, ray_address, gpus_per_task, cpus_per_task).close()
+    plans = [compare_and_report(grid.rows, sizes, seeds, "trigger", spec, env, None, True, False, dry_run=True)
+             for spec in specs]
+    if json_:
+        emit_json({"preset": grid.name, "dry_run": True, "comparisons": plans})
+        return
+    runs = sum(p["runs"] for p in plans)
+    click.echo(f"dry run: sweep {grid.name}: {len(plans)} comparison(s), {runs} run(s) in all "
+               f"({len(grid.rows)} rows × n {sizes} × {seeds} seed(s) each); every input checked, nothing run")
+    for plan in plans:
+        v = plan["victim"]
+        click.echo(f"  {v['kind']} victim {v['attack']} target {v['target']} seed {v['seed']}: {plan['runs']} run(s)")

@@ -12,6 +12,8 @@ import sys
 import click
 
 from bdtool.cli.main import main, report_orphans
+from bdtool.cli.options import ExperimentName, dry_run_option
+from bdtool.cli.preflight import preflight
 from bdtool.core import interrupts
 from bdtool.core.tracking import artifact_root_for, resolve_tracking_uri, setup_tracking
 
@@ -38,12 +40,17 @@ def server_env() -> dict[str, str]:
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow store (default sqlite:///mlruns/mlflow.db).")
 @click.option("experiment_name", "--experiment", default="bdtool", show_default=True,
-              help="The experiment whose runs page to print a link to.")
-def ui(port: int, tracking_uri: str | None, experiment_name: str) -> None:
+              type=ExperimentName(), help="The experiment whose runs page to print a link to.")
+@dry_run_option
+def ui(port: int, tracking_uri: str | None, experiment_name: str, dry_run: bool) -> None:
     """Serve the MLflow UI for bdtool's store on 127.0.0.1 until Ctrl-C."""
+    preflight(tracking_uri)
     uri = resolve_tracking_uri(tracking_uri)
     setup_tracking(uri)
     check_port_free(port)
+    if dry_run:
+        click.echo(f"dry run: would serve the MLflow UI for {uri} at http://127.0.0.1:{port}; store and port checked")
+        return
     report_orphans(uri)
     # SIGINT, SIGTERM, SIGHUP and SIGQUIT raise KeyboardInterrupt (bdtool.cli.signals, installed
     # by BdtoolGroup), even when a shell started us in the background with SIGINT ignored; here

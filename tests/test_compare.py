@@ -133,9 +133,9 @@ def test_json_output_parses_and_matches_the_runs(store, test_defenses):
     (("--defense", "test-shrink:factor=abc"), "test-shrink: factor='abc' is not a number"),
     (("--defense", "test-shrink:bogus=1"), "test-shrink: unknown parameter 'bogus'"),
     (("--defense", "test-shrink:bdk=maybe"), "is not a boolean"),
-    (("--defense", "test-shrink", "--samples", "0"), "--samples must be positive"),
+    (("--defense", "test-shrink", "--samples", "0"), "'--samples': 0 is not in the range 1<=x"),
     (("--defense", "test-shrink", "--samples", "100000"), "larger than the unseen pool"),
-    (("--defense", "test-shrink", "--seeds", "0"), "--seeds must be at least 1"),
+    (("--defense", "test-shrink", "--seeds", "0"), "'--seeds': 0 is not in the range 1<=x<=1000"),
 ])
 def test_bad_specs_exit_nonzero_with_one_line_and_create_no_runs(store, test_defenses, args, message):
     result = store.invoke(*args)

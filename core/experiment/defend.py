@@ -59,6 +59,26 @@ class DefendConfig:
     """D_U size; None = the whole training part of the folder."""
     seed: int = 0
     log_model: bool = True
+    dry_run: bool = False
+    """Check every input (the row, the folder, the weights against the architecture, the trigger)
+    and return a :class:`DefendPlan`: no run, no file written."""
+
+
+@dataclass
+class DefendPlan:
+    """What ``bdtool defend --dry-run`` checked and would run."""
+
+    row: str
+    knowledge: str
+    weights_sha256: str
+    n_unlearn: int
+    n_holdout: int
+    classes: int
+    output: str
+    dry_run: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -136,7 +156,7 @@ def _metrics(prefix: str, m: Measured) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and not math.isnan(v)}
 
 
-def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult:
+def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan:
     """Validate, load the user's model and images, run the defense, write the defended model and
     log the run. Every user mistake is a ``BdtoolError`` before the run opens; a defense that
     fails ends its run FAILED (traceback in ``error.txt``) and is one line too."""
@@ -193,6 +213,9 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult:
                 f"{bundle.num_classes} classes)")
     model.to(env.device).eval()
     timings["load_model_s"] = time.perf_counter() - t
+    if config.dry_run:
+        return DefendPlan(row=row.label, knowledge=row.knowledge.value, weights_sha256=weights.sha256, n_unlearn=n,
+                          n_holdout=len(holdout), classes=bundle.num_classes, output=str(output.resolve()))
     target = config.target if row.knowledge is not Knowledge.NONE else None
     before = measure(model, holdout, bundle.num_classes, env.device, attack, config.target)
     experiment_id = tracking.ensure_experiment(env.experiment, uri)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bdtool.core import interrupts, tracking
+from bdtool.core.data import DataBundle
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.compare_config import CompareConfig
 from bdtool.core.experiment.components import load_dataset
@@ -30,8 +31,9 @@ from bdtool.core.experiment.victim_spec import Victim
 from bdtool.core.tracking.failures import is_store_error, store_error_line
 from bdtool.core.tracking.inputs import dataset_input
 from bdtool.core.tracking.runs import set_description
+from bdtool.core.tracking.serialization import file_sha256
 
-__all__ = ["CompareConfig", "ComparisonResult", "RunOutcome", "comparison_tasks", "failed_outcomes",
+__all__ = ["CompareConfig", "ComparisonPlan", "ComparisonResult", "check_comparison", "RunOutcome", "comparison_tasks", "failed_outcomes",
            "failure_details", "failure_reason", "finite_or_none", "namespaced", "run_comparison", "validate_samples"]
 
 
@@ -59,6 +61,42 @@ class StoreState:
     unlogged: int = 0
     summary_unlogged: bool = False
     summary: Summary | None = None
+
+
+@dataclass
+class ComparisonPlan:
+    """What a comparison would run, known before any work (``bdtool compare --dry-run``)."""
+
+    bundle: DataBundle
+    rows: list[str]
+    samples: list[int]
+    seeds: int
+    pool: int
+    """Images of the unseen pool D_U is drawn from."""
+    runs: int
+    """(row, n, seed) runs: a row that trains on the training set (retraining) has one n."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"dataset": self.bundle.name, "classes": self.bundle.num_classes, "rows": self.rows,
+                "samples": self.samples, "seeds": self.seeds, "pool": self.pool, "runs": self.runs}
+
+
+def check_comparison(config: CompareConfig, env: RunEnv) -> ComparisonPlan:
+    """Every check a comparison can make before it trains or logs anything: seeds, rows, the data
+    set, ``--samples`` against the unseen pool, and the victim's spec (``check_victim_spec``)."""
+    from bdtool.core.experiment.victim import check_victim_spec
+
+    if config.seeds < 1:
+        raise BdtoolError(f"--seeds must be at least 1, got {config.seeds}")
+    if not config.rows:
+        raise BdtoolError("no defense rows to run; pass --defense NAME (see bdtool list defenses)")
+    bundle = load_dataset(config.spec.dataset, env)
+    pool = len(split_test(bundle.test.y).pool_indices)
+    validate_samples(config.samples, pool)
+    check_victim_spec(config.spec, env, bundle)
+    runs = sum(1 if r.defense_cls.needs_training_set else len(config.samples) for r in config.rows) * config.seeds
+    return ComparisonPlan(bundle=bundle, rows=[r.label for r in config.rows], samples=list(config.samples),
+                          seeds=config.seeds, pool=pool, runs=runs)
 
 
 def validate_samples(samples: list[int], pool_size: int) -> None:
@@ -89,12 +127,7 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
     import mlflow  # heavy: see core/tracking/store.py
 
     executor = executor or LocalExecutor()
-    if config.seeds < 1:
-        raise BdtoolError(f"--seeds must be at least 1, got {config.seeds}")
-    if not config.rows:
-        raise BdtoolError("no defense rows to run; pass --defense NAME (see bdtool list defenses)")
-    bundle = load_dataset(config.spec.dataset, env)
-    validate_samples(config.samples, len(split_test(bundle.test.y).pool_indices))
+    bundle = check_comparison(config, env).bundle
 
     victim = executor.get_victim(config.spec, env, bundle)
     uri = tracking.setup_tracking(env.tracking_uri)
@@ -164,6 +197,7 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
                     try:
                         mlflow.log_metrics({"runs_resumed": float(len(done)), "runs_ran": float(len(todo))})
                         log_summary_artifacts(tmp, "summary")
+                        mlflow.set_tag(tracking.SUMMARY_SHA256_TAG, file_sha256(Path(tmp) / "summary.json"))
                         set_description(format_markdown(summary))
                     except Exception as exc:
                         if not is_store_error(exc):

@@ -16,7 +16,8 @@ from torch import nn
 from bdtool.core import tracking
 from bdtool.core.data import DataBundle
 from bdtool.core.errors import BdtoolError
-from bdtool.core.experiment.components import build_attack, load_dataset, victim_recipe
+from bdtool.core.compute.training import TrainConfig
+from bdtool.core.experiment.components import build_attack, build_model, load_dataset, victim_recipe
 from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.splits import prepare_experiment
 from bdtool.core.experiment.user_victim import user_victim
@@ -24,7 +25,7 @@ from bdtool.core.experiment.victim_cache import load_cached, victim_lock
 from bdtool.core.experiment.victim_key import config_hash
 from bdtool.core.experiment.victim_spec import Victim, VictimSpec, clean_spec
 from bdtool.core.experiment.victim_training import train_victim
-from bdtool.core.interfaces import AttackContext
+from bdtool.core.interfaces import Attack, AttackContext
 
 
 def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: DataBundle | None = None) -> Victim:
@@ -33,20 +34,13 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
     ``bundle`` may pass the already loaded dataset of ``spec.dataset``. A cached victim whose
     model file is damaged is tagged ``bdtool.damaged``, reported in one line and trained again."""
     bundle = bundle if bundle is not None else load_dataset(spec.dataset, env)
-    if not 0 <= spec.target < bundle.num_classes:
-        raise BdtoolError(f"target class {spec.target} is out of range for {spec.dataset} (0..{bundle.num_classes - 1})")
-    attack = build_attack(env.registries, spec.attack, dict(spec.attack_options), spec.target)
-    try:
-        attack.apply(bundle.test.x[:1])
-    except ValueError as exc:
-        raise BdtoolError(f"attack {spec.attack}: {exc}") from None
+    attack, train_config = check_victim_spec(spec, env, bundle)
     clean = _CleanModel(spec, env, bundle)
     attack_context = AttackContext(num_classes=bundle.num_classes, seed=spec.seed, device=env.device,
                                    clean_model=clean, progress=env.progress)
     start = time.perf_counter()
     data = prepare_experiment(bundle, attack, spec.poison_rate, spec.seed, attack_context)
     poison_seconds = time.perf_counter() - start - clean.seconds
-    train_config = spec.train_config(victim_recipe(env.registries, spec.dataset))
     if spec.source is not None:
         return user_victim(spec, env, bundle, attack, data, train_config)
     digest = config_hash(spec, attack, train_config, bundle)
@@ -59,6 +53,24 @@ def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: Dat
             victim = train_victim(spec, env, bundle, attack, data, train_config, digest, uri,
                                   poison_seconds, clean.victim)
     return replace(victim, poison_seconds=poison_seconds, clean=clean.victim)
+
+
+def check_victim_spec(spec: VictimSpec, env: RunEnv, bundle: DataBundle) -> tuple[Attack, TrainConfig]:
+    """Every check of ``spec`` that needs no training: the target within the data set's classes,
+    the attack built from its parameters and tried on one image, the poison rate in [0, 1), the
+    model built for the data set, the training recipe's ranges. One ``BdtoolError`` line each;
+    ``get_victim`` and every ``--dry-run`` run it before any work."""
+    if not 0 <= spec.target < bundle.num_classes:
+        raise BdtoolError(f"target class {spec.target} is out of range for {spec.dataset} (0..{bundle.num_classes - 1})")
+    if not 0.0 <= spec.poison_rate < 1.0:
+        raise BdtoolError(f"--poison-rate must be in [0, 1), got {spec.poison_rate}")
+    attack = build_attack(env.registries, spec.attack, dict(spec.attack_options), spec.target)
+    try:
+        attack.apply(bundle.test.x[:1])
+    except ValueError as exc:
+        raise BdtoolError(f"attack {spec.attack}: {exc}") from None
+    build_model(env.registries, spec.model, bundle)
+    return attack, spec.train_config(victim_recipe(env.registries, spec.dataset))
 
 
 class _CleanModel:

@@ -23,11 +23,12 @@ from bdtool.core.tracking.runs import (RunFailed, git_commit, log_params_flat, s
 from bdtool.core.tracking.store import DEFAULT_EXPERIMENT, ensure_experiment, setup_tracking  # noqa: E402
 from bdtool.core.tracking.tags import (COMPARISON_KEY_TAG, DEFENSE_TAG, ERROR_TAG, EXECUTOR_TAG,  # noqa: E402
                                        HOST_TAG, KIND_TAG, KNOWLEDGE_TAG, METRIC_ERROR_TAG, ORPHANED_TAG, PID_TAG,
-                                       ROW_TAG, SOURCE_SHA256_TAG, SOURCE_TAG, VICTIM_HASH_TAG, VICTIM_RUN_TAG)
+                                       ROW_TAG, SOURCE_SHA256_TAG, SOURCE_TAG, SUMMARY_SHA256_TAG, VICTIM_HASH_TAG,
+                                       VICTIM_RUN_TAG)
 
 __all__ = [
     "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "KIND_TAG", "KNOWLEDGE_TAG", "METRIC_ERROR_TAG", "DEFENSE_TAG", "ERROR_TAG", "EXECUTOR_TAG", "ROW_TAG", "VICTIM_HASH_TAG", "VICTIM_RUN_TAG",
-    "HOST_TAG", "PID_TAG", "ORPHANED_TAG", "COMPARISON_KEY_TAG", "SOURCE_TAG", "SOURCE_SHA256_TAG", "RunFailed", "OrphanReport", "mark_orphans",
+    "HOST_TAG", "PID_TAG", "ORPHANED_TAG", "COMPARISON_KEY_TAG", "SOURCE_TAG", "SOURCE_SHA256_TAG", "SUMMARY_SHA256_TAG", "RunFailed", "OrphanReport", "mark_orphans",
     "artifact_root_for", "download_state_dict",
     "ensure_experiment", "git_commit", "log_model", "log_params_flat", "pip_requirements",
     "resolve_tracking_uri", "setup_tracking", "standard_tags", "tracked_run",

@@ -38,6 +38,9 @@ STATE_DICT_DIGEST_TAG = "bdtool.state_dict_sha256"
 """SHA-256 of a run's ``model/state_dict.pt``, set by ``log_model``."""
 DAMAGED_TAG = "bdtool.damaged"
 """Set (to the reason) on a victim run whose model file is damaged: the cache no longer finds it."""
+SUMMARY_SHA256_TAG = "bdtool.summary_sha256"
+"""A comparison's sha256 of the summary/summary.json it logged: ``bdtool show`` refuses a summary
+that is not what the run wrote (docs/reliability.md)."""
 
 # MLflow's own tags. The experiment kind marks bdtool's experiment as model training (not GenAI);
 # the note is a run's description, rendered as Markdown by the UI.

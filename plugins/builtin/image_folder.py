@@ -29,7 +29,7 @@ from bdtool.core.data import DataBundle
 from bdtool.core.errors import BdtoolError, DataNotFoundError
 from bdtool.core.interfaces import DatasetSource
 from bdtool.plugins.builtin.image_pixels import unit_pixels
-from bdtool.core.params import build_params
+from bdtool.core.params import build_params, param
 from bdtool.core.tensors import LabeledTensors
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -37,20 +37,17 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 @dataclass
 class FolderOptions:
-    size: int = 0
-    """Resize every image to size×size (bilinear); 0 = keep, and all must share one square size."""
+    size: int = param(0, ge=0, le=4096)
+    """Resize every image to size×size (bilinear); 0 = keep, and all must share one square size. At
+    most 4096: a 4096×4096 RGB image is already 200 MB as float32."""
     channels: int = 0
     """1 (grey) or 3 (RGB); 0 = inferred."""
-    test: float = 0.3
+    test: float = param(0.3, gt=0, lt=1)
     """Share of each class for the test split when the folder has no train/ and test/."""
 
     def validate(self) -> None:
-        if self.size < 0:
-            raise ValueError("size must be >= 0")
         if self.channels not in (0, 1, 3):
             raise ValueError("channels must be 1 or 3")
-        if not 0.0 < self.test < 1.0:
-            raise ValueError("test must be in (0, 1)")
 
 
 def parse_location(location: str) -> tuple[Path, FolderOptions]:
@@ -180,6 +177,11 @@ def load_folder(location: str) -> DataBundle:
             raise BdtoolError(f"folder data set {root}: class {small} has {int(counts.min())} image(s); bdtool splits "
                               "each class into train and test and the test split again in halves: give each class at "
                               "least 4 images, or train/ and test/ folders")
+        n_test = int(np.ceil(options.test * len(y)))
+        if not len(names) <= n_test <= len(y) - len(names):
+            raise BdtoolError(f"folder data set {root}: test={options.test:g} of {len(y)} images holds {n_test}; each "
+                              f"of the {len(names)} classes needs an image on both sides: choose test between "
+                              f"{len(names) / len(y):.3g} and {1 - len(names) / len(y):.3g}")
         train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=options.test, stratify=y.numpy(),
                                                random_state=0)
         x_tr, y_tr, x_te, y_te = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
