@@ -60,6 +60,7 @@ def show(run_ref: str, tracking_uri: str | None, experiment: str, output: str | 
 
     from bdtool.core import tracking
     from bdtool.core.experiment.output import publish
+    from bdtool.core.tracking.serialization import file_sha256
     from bdtool.core.experiment.report import CLASS_REMOVED_MARK, Summary, format_text_table
     from bdtool.plugins import get_registries
 
@@ -74,7 +75,16 @@ def show(run_ref: str, tracking_uri: str | None, experiment: str, output: str | 
             folder = Path(tmp) / "missing"
         if not (folder / "summary.json").is_file():
             raise BdtoolError(f"comparison run '{run_id}' has no summary/summary.json (did it finish?)")
-        data = json.loads((folder / "summary.json").read_text())
+        wrote = client.get_run(run_id).data.tags.get(tracking.SUMMARY_SHA256_TAG)
+        found = file_sha256(folder / "summary.json")
+        if wrote is not None and found != wrote:
+            raise BdtoolError(f"comparison run '{run_id}': its summary/summary.json is not the one the run wrote "
+                              f"(sha256 {found[:12]}, logged {wrote[:12]}); it was changed after the run, so it is not "
+                              "shown; run the comparison again")
+        try:
+            data = json.loads((folder / "summary.json").read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise BdtoolError(f"comparison run '{run_id}': its summary/summary.json is not readable JSON") from None
         if output:
             publish(folder, output)  # file by file, atomically; folders keep their mode
     if json_:

@@ -331,6 +331,12 @@ class Metric(ABC):
     @abstractmethod
     def compute(self, result: "EvalResult", reference: "EvalResult | None" = None) -> float: ...
 
+    def value_range(self, reference: "EvalResult | None" = None) -> tuple[float, float] | None:
+        """The values ``compute`` can give; one outside it is a bug in the metric or in what it was
+        given, caught by ``compute_metrics`` (the run logs the error, the table shows "-"), never
+        printed as a result. Default: [0, 1] for a ``percent`` metric, unchecked otherwise."""
+        return (0.0, 1.0) if self.percent else None
+
 
 # --------------------------------------------------------------------------- data and models
 

@@ -110,3 +110,39 @@ def test_score_is_nan_without_a_reference_asr_or_acc():
     after = result(acc=0.7, asr=0.0)
     assert math.isnan(score(after, result(acc=0.8, asr=0.0)))
     assert math.isnan(score(after, result(acc=0.0, asr=0.9)))
+
+
+def test_a_metric_outside_its_range_is_an_error_not_a_result():
+    """A value outside ``value_range`` (a fraction above 1, a Score above 100/ACC_before) is caught in
+    ``compute_metrics``: NaN (shown "-") and the error, never the number."""
+    from bdtool.core.experiment.evaluation import compute_metrics
+    from bdtool.core.interfaces import Metric
+
+    class Broken(Metric):
+        name = "broken"
+        percent = True
+
+        def compute(self, result, reference=None):
+            return 1.7
+
+    class Unchecked(Metric):
+        name = "unchecked"
+
+        def compute(self, result, reference=None):
+            return 1e6
+
+    values, errors = compute_metrics([Broken, Unchecked], result(0.9, 0.0), result(0.9, 1.0))
+    assert values["broken"] != values["broken"] and values["unchecked"] == 1e6
+    assert errors == ["metric 'broken' failed: MetricRangeError: 1.7 is outside its range [0, 1]: a bug in the "
+                      "metric or in what it was given, not a result"]
+
+
+@pytest.mark.parametrize("before_acc, after_acc", [(0.99, 1.0), (0.5, 1.0), (0.99, 0.99)])
+def test_score_range_allows_a_raised_accuracy_and_nothing_beyond(before_acc, after_acc):
+    from bdtool.plugins.builtin.metrics import Score, score_range
+
+    before, after = result(before_acc, 1.0), result(after_acc, 0.0)
+    value = Score().compute(after, before)
+    low, high = score_range(before)
+    assert low <= value <= high and high == pytest.approx(100 / before_acc)
+    assert score_range(result(0.0, 1.0)) is None

@@ -108,3 +108,25 @@ def test_ensure_experiment_marks_an_existing_experiment_as_model_training(mlflow
     tracking.setup_tracking(mlflow_store)
     assert tracking.ensure_experiment("made-by-hand", mlflow_store) == experiment_id
     assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_show_refuses_a_summary_that_is_not_what_the_run_wrote(mlflow_store, comparison):
+    """The comparison logs the sha256 of its summary.json; a summary changed in the store afterwards
+    (another comparison's table written over it) is refused in one line, not shown under this id."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    _, _, parent, _ = comparison
+    run = MlflowClient(tracking_uri=mlflow_store).get_run(parent)
+    assert len(run.data.tags[tracking.SUMMARY_SHA256_TAG]) == 64
+    stored = Path(urlparse(run.info.artifact_uri).path) / "summary" / "summary.json"
+    original = stored.read_bytes()
+    try:
+        stored.write_bytes(original.replace(b'"label"', b'"label" ', 1))
+        result = show(mlflow_store, parent)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is not the one the run wrote" in lines[0], result.output
+    finally:
+        stored.write_bytes(original)
+    assert show(mlflow_store, parent).exit_code == 0

@@ -70,6 +70,20 @@ def score(after: EvalResult, before: EvalResult) -> float:
     return 100.0 * (after.acc / before.acc) * max(0.0, 1.0 - after.asr / before.asr)
 
 
+class MetricRangeError(AssertionError):
+    """A metric gave a value outside its ``value_range``: a bug, never a result."""
+
+
+def check_metric_range(metric: Any, value: float, reference: EvalResult | None) -> float:
+    """``value`` when NaN or within ``metric.value_range(reference)``, else MetricRangeError (1e-9 of slack
+    for float rounding)."""
+    bounds = metric.value_range(reference) if hasattr(metric, "value_range") else None
+    if bounds is not None and value == value and not bounds[0] - 1e-9 <= value <= bounds[1] + 1e-9:
+        raise MetricRangeError(f"{value:g} is outside its range [{bounds[0]:g}, {bounds[1]:g}]: a bug in the metric "
+                               "or in what it was given, not a result")
+    return value
+
+
 def compute_metrics(metrics: Iterable[Any], result: EvalResult, reference: EvalResult | None,
                     backdoored: bool = True) -> tuple[dict[str, float], list[str]]:
     """Every metric of ``metrics`` (registry entries or Metric classes) on ``result``, relative to
@@ -85,7 +99,8 @@ def compute_metrics(metrics: Iterable[Any], result: EvalResult, reference: EvalR
             values[cls.name] = float("nan")
             continue
         try:
-            values[cls.name] = float(cls().compute(result, reference))
+            metric = cls()
+            values[cls.name] = check_metric_range(metric, float(metric.compute(result, reference)), reference)
         except Exception as exc:  # noqa: BLE001 - a plugin's metric must not sink the run
             values[cls.name] = float("nan")
             errors.append(f"metric '{cls.name}' failed: {type(exc).__name__}: {exc}")

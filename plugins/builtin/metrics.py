@@ -30,6 +30,15 @@ def _need(reference: EvalResult | None, name: str) -> EvalResult:
     return reference
 
 
+def score_range(reference: EvalResult | None) -> tuple[float, float] | None:
+    """Score's values: 0 to 100·(1/ACC_before), since ACC after is at most 1. Above 100 only where
+    the defense raised ACC (by at most the victim's error rate); the 892.6 of a NaN-weight victim
+    (ACC_before 10 %) cannot arise any more, such victims being refused before any run."""
+    if reference is None or not reference.acc > 0:
+        return None
+    return 0.0, 100.0 / reference.acc
+
+
 class Score(Metric):
     name = "score"
     measures_removal = True
@@ -39,6 +48,9 @@ class Score(Metric):
 
     def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
         return score(result, _need(reference, self.name))
+
+    def value_range(self, reference: EvalResult | None = None) -> tuple[float, float] | None:
+        return score_range(reference)
 
 
 class ClassAwareScore(Metric):
@@ -54,6 +66,9 @@ class ClassAwareScore(Metric):
         if math.isnan(base) or not reference.ctca > 0:
             return float("nan")
         return base * min(1.0, result.ctca / reference.ctca)
+
+    def value_range(self, reference: EvalResult | None = None) -> tuple[float, float] | None:
+        return score_range(reference)
 
 
 class DefenseEffectivenessRating(Metric):
