@@ -316,7 +316,8 @@ def defend(uri: str, experiment: str, model_file: Path, data: str, *args: str):
                                      uri, "--experiment", experiment, *args])
 
 
-@pytest.mark.parametrize("fault", ["non-image", "empty class", "mixed sizes", "one class", "no folder"])
+@pytest.mark.parametrize("fault", ["non-image", "zero-byte", "cut image", "empty class", "mixed sizes", "one class",
+                                   "no folder"])
 def test_bad_folder_is_one_line_naming_the_file(mlflow_store, digits_victim, exported, digits_folder, tmp_path,
                                                 fault):
     import shutil
@@ -326,6 +327,15 @@ def test_bad_folder_is_one_line_naming_the_file(mlflow_store, digits_victim, exp
     if fault == "non-image":
         bad = folder / "3" / "notes.png"
         bad.write_text("not an image")
+        needles = [str(bad), "not a readable image"]
+    elif fault == "zero-byte":
+        bad = folder / "3" / "empty.png"
+        bad.write_bytes(b"")
+        needles = [str(bad), "not a readable image"]
+    elif fault == "cut image":
+        good = next((folder / "3").iterdir())
+        bad = folder / "3" / "cut.png"
+        bad.write_bytes(good.read_bytes()[:40])
         needles = [str(bad), "not a readable image"]
     elif fault == "empty class":
         bad = folder / "10"
@@ -480,3 +490,41 @@ def test_sweep_takes_a_victim_and_refuses_one_over_targets(mlflow_store, digits_
     assert comparison["before"]["asr_mean"] == pytest.approx(digits_victim.before.asr)
     parent = next(r for r in runs_in(mlflow_store, experiment) if r.data.tags["bdtool.kind"] == "comparison")
     assert parent.data.params["victim_source"] == str(exported)
+
+
+def test_a_folder_with_symlink_loops_loads_its_images_and_ends(digits_folder, tmp_path):
+    """A link to itself and a link to its own folder are not followed (no endless walk): the data set
+    is the same as without them."""
+    import os
+    import shutil
+
+    from bdtool.plugins.builtin.image_folder import load_folder
+
+    folder = tmp_path / "images"
+    shutil.copytree(digits_folder, folder)
+    plain = load_folder(str(folder))
+    os.symlink("self", folder / "3" / "self")
+    os.symlink(".", folder / "3" / "here")
+    os.symlink(str(folder), folder / "4" / "root")
+    looped = load_folder(str(folder))
+    assert torch.equal(plain.train.x, looped.train.x) and torch.equal(plain.test.y, looped.test.y)
+
+
+def test_more_images_than_open_files_allowed(tmp_path):
+    """1,200 GIFs under an open-file limit of 256: each image is closed once read (Pillow keeps a
+    GIF open to seek its frames; a folder of them used to fail with "Too many open files")."""
+    import resource
+
+    from bdtool.plugins.builtin.image_folder import load_folder
+
+    for cls in range(2):
+        (tmp_path / str(cls)).mkdir()
+        for i in range(600):
+            Image.fromarray(np.full((8, 8), 40 * cls + i % 7, np.uint8)).save(tmp_path / str(cls) / f"{i}.gif")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        bundle = load_folder(str(tmp_path))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(bundle.train) + len(bundle.test) == 1200 and bundle.num_classes == 2
