@@ -528,3 +528,18 @@ def test_more_images_than_open_files_allowed(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert len(bundle.train) + len(bundle.test) == 1200 and bundle.num_classes == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_weights_of_another_float_type_are_copied_into_the_model(digits_victim, dtype):
+    """A half- or double-precision state dict is converted to the model's float32 on load, and scores
+    as the victim does (to the precision of its type)."""
+    from bdtool.core.experiment.weights import fit_weights
+
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in digits_victim.model.state_dict().items()}
+    model = digits_victim.fresh_copy()
+    fit_weights(model, state, "half.safetensors", "small-cnn")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    data = digits_victim.data.evaluation
+    acc = evaluate(model.eval(), data, digits_victim.attack, 10, torch.device("cpu")).acc
+    assert abs(acc - digits_victim.before.acc) <= 0.02

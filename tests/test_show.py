@@ -130,3 +130,35 @@ def test_show_refuses_a_summary_that_is_not_what_the_run_wrote(mlflow_store, com
     finally:
         stored.write_bytes(original)
     assert show(mlflow_store, parent).exit_code == 0
+
+
+def test_the_comparison_run_holds_every_rows_means_as_metrics_and_the_table(mlflow_store, comparison, tmp_path):
+    """Comparisons can be sorted and filtered in the UI and with mlflow.search_runs: each row's mean
+    and std of every metric are the parent run's metrics (``<row>.n<N>.<metric>_mean``), equal to
+    the summary's, and the table is a table artifact."""
+    from pathlib import Path
+
+    import mlflow
+
+    from bdtool.core.experiment.report import row_key
+    from bdtool.core.experiment.runner import TABLE_ARTIFACT
+
+    experiment, _, parent, compare_folder = comparison
+    summary = json.loads((compare_folder / "summary.json").read_text())
+    metrics = MlflowClient(tracking_uri=mlflow_store).get_run(parent).data.metrics
+    ours = next(r for r in summary["rows"] if r["label"] == "Ours (trigger)")
+    assert row_key("Ours (trigger)", 5) == "ours_trigger.n5"
+    for key in ("score", "class_score", "asr", "acc", "ctca", "time_s"):
+        assert metrics[f"ours_trigger.n5.{key}_mean"] == pytest.approx(ours[f"{key}_mean"])
+        assert metrics[f"ours_trigger.n5.{key}_std"] == pytest.approx(ours[f"{key}_std"])
+    mlflow.set_tracking_uri(mlflow_store)
+    exp = MlflowClient(tracking_uri=mlflow_store).get_experiment_by_name(experiment)
+    found = mlflow.search_runs([exp.experiment_id], filter_string="metrics.`ours_trigger.n5.asr_mean` <= 1",
+                               output_format="list")
+    assert parent in [r.info.run_id for r in found]
+    client = MlflowClient(tracking_uri=mlflow_store)
+    assert TABLE_ARTIFACT in [a.path for a in client.list_artifacts(parent)]
+    table = json.loads(Path(client.download_artifacts(parent, TABLE_ARTIFACT, str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], values)) for values in table["data"]]
+    assert [r["row"] for r in rows] == [r["label"] for r in summary["rows"]]
+    assert rows[1]["class_score_mean"] == pytest.approx(ours["class_score_mean"])

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,48 @@ def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareCo
     title = (f"{spec.dataset} / {spec.model} / {victim_text}, "
              f"mean ± std over {config.seeds} seed(s); {', '.join(percent)} in %")
     return Summary(title, before_row, rows, meta, [o.to_dict() for o in outcomes], columns)
+
+
+def row_key(label: str, n: int | None) -> str:
+    """A row's prefix in the parent run's metrics: its label in lower case, each run of other
+    characters than letters, digits and ``-`` made one ``_``, then ``.n<N>``
+    (``Ours-proj (none)``, n = 50 -> ``ours-proj_none.n50``)."""
+    slug = re.sub(r"[^a-z0-9-]+", "_", label.lower()).strip("_") or "row"
+    return slug if n is None else f"{slug}.n{n}"
+
+
+def summary_metrics(summary: Summary) -> dict[str, float]:
+    """Every row's mean and std of every metric (and the time) as the comparison run's metrics,
+    ``<row_key>.<metric>_mean`` / ``_std``: sorted by name they group by row, then n, then metric,
+    and ``mlflow.search_runs`` can filter and order comparisons on them (docs/ui.md). Undefined
+    values (NaN) are left out."""
+    out: dict[str, float] = {}
+    for row in summary.rows:
+        for key, s in row.stats.items():
+            for part, value in (("mean", s.mean), ("std", s.std)):
+                if value == value and not math.isinf(value):
+                    out[f"{row_key(row.label, row.n)}.{key}_{part}"] = float(value)
+    return out
+
+
+def summary_table(summary: Summary) -> dict[str, list[Any]]:
+    """The comparison's table as columns (row, knowledge, n, seeds, then each metric's mean and std),
+    for ``mlflow.log_table``: the runs page shows it as a table artifact."""
+    keys = sorted({key for row in summary.rows for key in row.stats})
+    table: dict[str, list[Any]] = {"row": [], "knowledge": [], "n": [], "seeds_ok": [], "seeds_failed": []}
+    table.update({f"{key}_{part}": [] for key in keys for part in ("mean", "std")})
+    for row in summary.rows:
+        table["row"].append(row.label)
+        table["knowledge"].append(row.knowledge)
+        table["n"].append(row.n)
+        table["seeds_ok"].append(row.seeds_ok)
+        table["seeds_failed"].append(row.seeds_failed)
+        for key in keys:
+            s = row.stats.get(key)
+            for part in ("mean", "std"):
+                value = getattr(s, part) if s is not None else float("nan")
+                table[f"{key}_{part}"].append(None if value != value else value)
+    return table
 
 
 def detection_share(outcomes: Sequence["RunOutcome"], spec: Any) -> tuple[Column, Stat] | None:

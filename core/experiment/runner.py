@@ -23,7 +23,8 @@ from bdtool.core.experiment.components import load_dataset
 from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.executor import Executor, LocalExecutor
 from bdtool.core.experiment.output import log_summary_artifacts, publish
-from bdtool.core.experiment.report import Summary, aggregate, format_markdown, row_sizes, write_report
+from bdtool.core.experiment.report import (Summary, aggregate, format_markdown, row_sizes, summary_metrics,
+                                          summary_table, write_report)
 from bdtool.core.experiment.resume import AUTO, comparison_key, find_resume_point, split_tasks
 from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.tasks import RunOutcome, RunTask, TaskJob, finite_or_none, namespaced
@@ -35,6 +36,10 @@ from bdtool.core.tracking.serialization import file_sha256
 
 __all__ = ["CompareConfig", "ComparisonPlan", "ComparisonResult", "check_comparison", "RunOutcome", "comparison_tasks", "failed_outcomes",
            "failure_details", "failure_reason", "finite_or_none", "namespaced", "run_comparison", "validate_samples"]
+
+
+TABLE_ARTIFACT = "comparison_table.json"
+"""The comparison's table as an MLflow table artifact (``mlflow.log_table``) of its run."""
 
 
 @dataclass
@@ -198,6 +203,8 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
                         mlflow.log_metrics({"runs_resumed": float(len(done)), "runs_ran": float(len(todo))})
                         log_summary_artifacts(tmp, "summary")
                         mlflow.set_tag(tracking.SUMMARY_SHA256_TAG, file_sha256(Path(tmp) / "summary.json"))
+                        mlflow.log_metrics(summary_metrics(summary))
+                        mlflow.log_table(summary_table(summary), artifact_file=TABLE_ARTIFACT)
                         set_description(format_markdown(summary))
                     except Exception as exc:
                         if not is_store_error(exc):
