@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
+from bdtool.cli.completion import plugin_names
 from bdtool.cli.executors import make_executor
 from bdtool.cli.options import (COUNT, SEEDS, dry_run_option, env_options, executor_options, victim_options,
                                victim_source_option)
@@ -120,7 +121,7 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
 
 
 @main.command()
-@click.option("defenses", "--defense", multiple=True, metavar="NAME[:k=v,...]",
+@click.option("defenses", "--defense", multiple=True, metavar="NAME[:k=v,...]", shell_complete=plugin_names("defenses", True),
               help="A row: defense name with params; reserved keys knowledge=trigger|target|none (bdk=true|false "
                    "are aliases of trigger|none) and repair=<lr> or repair=NAME:<lr>. Repeatable. Default: the null "
                    "row suppress-target, ours under each knowledge, ours:repair=0.01 and every baseline (not the slower fp, anp, nc, ibau: name them).")
@@ -130,7 +131,7 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
               show_default=True,
               help="Default threat model of rows without knowledge=: trigger (the attack), target (the target "
                    "label only) or none; each row gets the most its defense can use within it (bdk = trigger).")
-@click.option("metrics", "--metric", multiple=True, metavar="NAME",
+@click.option("metrics", "--metric", multiple=True, metavar="NAME", shell_complete=plugin_names("metrics"),
               help="A metric column (bdtool list metrics); repeatable, in order. Default: every registered metric. "
                    "All are computed and logged to MLflow either way.")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
@@ -147,7 +148,15 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
 def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, resume, victim, dataset, model, attack,
             target, poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_,
             executor, ray_address, gpus_per_task, cpus_per_task, dry_run) -> None:
-    """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow."""
+    """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow.
+
+    \b
+    Examples:
+      bdtool compare                                   # every default row, digits, n = 50, 3 seeds
+      bdtool compare --defense ours --defense nad --samples 5 --samples 50
+      bdtool compare --attack blend --defense ours-proj:knowledge=none --seeds 3
+      bdtool compare --victim model.safetensors --model small-cnn --dataset digits --dry-run
+    """
     preflight(tracking_uri, output)
     from bdtool.core.experiment.rows import default_rows_under
     from bdtool.core.interfaces import Knowledge

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from bdtool.cli.main import emit_json, main, make_env
-from bdtool.cli.options import CLASS, COUNT, SEED, ExperimentName, dry_run_option
+from bdtool.cli.completion import plugin_names
+from bdtool.cli.options import CLASS, COUNT, SEED, dry_run_option, experiment_option, tracking_uri_option
 from bdtool.cli.preflight import preflight
 from bdtool.core.compute.device import DEVICE_CHOICES
 
@@ -18,12 +19,13 @@ def _pct(value: float | None) -> str:
 
 @main.command()
 @click.argument("model_file", metavar="MODEL_FILE")
-@click.option("--model", "architecture", default="small-cnn", show_default=True,
+@click.option("--model", "architecture", default="small-cnn", show_default=True, shell_complete=plugin_names("models"),
               help="The architecture MODEL_FILE was trained as (bdtool list models).")
 @click.option("--data", "data", required=True, metavar="FOLDER[:size=N,channels=C,test=0.3]",
               help="Clean images, one folder per class (or train/ and test/ with class folders); the test part "
                    "(30 % of each class without train/ and test/) is held out to measure the result.")
 @click.option("--defense", "row", default="ours", show_default=True, metavar="NAME[:k=v,...]",
+              shell_complete=plugin_names("defenses", True),
               help="The defense, as a bdtool compare row (bdtool list defenses).")
 @click.option("--target-label", type=CLASS, default=None, help="The backdoor's target class, if you know it.")
 @click.option("--trigger-image", type=click.Path(dir_okay=False), default=None,
@@ -36,16 +38,23 @@ def _pct(value: float | None) -> str:
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="The defended model (.safetensors); default MODEL_FILE's name + .defended.safetensors, here.")
 @click.option("--no-log-models", is_flag=True, help="Do not log the defended model as an MLflow model too.")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
-@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-              help="MLflow store (default sqlite:///mlruns/mlflow.db).")
-@click.option("--experiment", default="bdtool", show_default=True, type=ExperimentName(), help="MLflow experiment name.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True, envvar="BDTOOL_DEVICE",
+              show_envvar=True, help="auto = CUDA when available.")
+@tracking_uri_option
+@experiment_option
 @click.option("json_", "--json", is_flag=True, help="Print machine-readable JSON on stdout and nothing else.")
 @dry_run_option
 def defend(model_file, architecture, data, row, target_label, trigger_image, trigger_mask, samples, seed, output,
            no_log_models, device, tracking_uri, experiment, json_, dry_run) -> None:
     """Defend MODEL_FILE (.safetensors or a state dict; never unpickled) with clean images; write the
-    defended model as .safetensors and log an MLflow run."""
+    defended model as .safetensors and log an MLflow run.
+
+    \b
+    Examples:
+      bdtool defend model.safetensors --model small-cnn --data images/ --defense ours-proj:knowledge=none
+      bdtool defend model.pt --data images/ --target-label 0 --trigger-image trigger.png
+      bdtool defend model.pt --data images/ --dry-run
+    """
     from bdtool.core.errors import BdtoolError
 
     if output is None:

@@ -8,6 +8,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow prints "View run ... at: URL" on stdout when a run ends on a tracking server: it would
 # break --json (stdout is JSON and nothing else); bdtool says where runs are itself.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# MLflow's INFO lines ("Updating database tables", alembic's migrations) are noise on a user's
+# stderr; ``bdtool -v`` shows them.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 import json
 import sys
@@ -20,7 +23,7 @@ from bdtool.cli.options import dry_run_option, env_options, parse_key_values, vi
 from bdtool.cli.preflight import preflight
 from bdtool.core import interrupts
 from bdtool.core.compute.device import resolve_device
-from bdtool.core.errors import BdtoolError
+from bdtool.core.errors import BdtoolError, InvalidParameterError, UnknownNameError
 from bdtool.core.experiment.progress import ProgressPrinter
 from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.victim import get_victim
@@ -78,6 +81,8 @@ class BdtoolGroup(click.Group):
                 result = super().invoke(ctx)
                 interrupts.check()  # a signal whose raise was swallowed after the last run still counts
                 return result
+            except (InvalidParameterError, UnknownNameError) as exc:  # a usage error: exit 2, as click's
+                raise OneLineUsageError(one_line(str(exc))) from None
             except BdtoolError as exc:
                 raise click.ClickException(one_line(str(exc))) from None
             except click.UsageError as exc:  # one line too, still exit 2 (click's code for usage errors)
@@ -116,17 +121,48 @@ def end_active_runs(status: str) -> None:
             return
 
 
-@click.group(cls=BdtoolGroup)
+@click.group(cls=BdtoolGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(bdtool.__version__, prog_name="bdtool")
-def main() -> None:
-    """Remove backdoors from image classifiers and compare defenses fairly."""
+@click.option("-q", "--quiet", is_flag=True, envvar="BDTOOL_QUIET", show_envvar=True,
+              help="No progress or notes on stderr: only results (stdout) and errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Also MLflow's own log lines (INFO) on stderr.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
+    """Remove backdoors from image classifiers and compare defenses fairly.
+
+    \b
+    Examples:
+      bdtool compare                               # every default row on the digits victim
+      bdtool compare --defense ours-proj:knowledge=none --samples 50 --seeds 3
+      bdtool scan --victim model.safetensors --model small-cnn --dataset digits
+      bdtool show latest                           # the last comparison's table again
+      bdtool ui                                    # the MLflow UI on 127.0.0.1:5000
+
+    Common options also come from the environment: BDTOOL_DEVICE, BDTOOL_DATA_DIR,
+    BDTOOL_EXPERIMENT (or MLFLOW_EXPERIMENT_NAME), BDTOOL_TRACKING_URI (or MLFLOW_TRACKING_URI),
+    BDTOOL_EXECUTOR, BDTOOL_QUIET; NO_COLOR turns styling off.
+    """
+    if quiet and verbose:
+        raise click.UsageError("-q and -v contradict each other: give one")
+    ctx.obj = {"quiet": quiet, "verbose": verbose}
+    if verbose:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
+    if os.environ.get("NO_COLOR"):  # https://no-color.org: any non-empty value
+        ctx.color = False
+
+
+def quiet_requested() -> bool:
+    """``bdtool -q``: the root command's --quiet."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("quiet"))
 
 
 def make_env(device: str, data_dir: str | None, download: bool, tracking_uri: str | None,
              experiment: str, quiet: bool):
     return RunEnv(registries=get_registries(), device=resolve_device(device), data_dir=data_dir, download=download,
                   tracking_uri=tracking_uri, experiment=experiment,
-                  progress=ProgressPrinter(enabled=not quiet))
+                  progress=ProgressPrinter(enabled=not (quiet or quiet_requested())))
 
 
 def make_spec(dataset: str, model: str, attack: str, target: int, poison_rate: float, victim_seed: int,
@@ -151,7 +187,14 @@ def emit_json(payload: Any) -> None:
 @dry_run_option
 def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download,
           tracking_uri, experiment, json_, retrain, dry_run) -> None:
-    """Train (or reuse) the poisoned victim model and log it to MLflow."""
+    """Train (or reuse) the poisoned victim model and log it to MLflow.
+
+    \b
+    Examples:
+      bdtool train                                     # digits, small CNN, BadNets, target 0
+      bdtool train --dataset fashion-mnist --attack wanet --target 5 --victim-seed 1
+      bdtool train --poison-rate 0                     # a clean victim
+    """
     from bdtool.core.experiment.components import load_dataset
     from bdtool.core.experiment.victim import check_victim_spec
 
@@ -216,7 +259,13 @@ def _component_row(attr: str, entry, plugin_info: dict[str, Any] | None = None) 
 @click.argument("kind", required=False, type=click.Choice(KIND_ORDER))
 @click.option("json_", "--json", is_flag=True, help="Print JSON.")
 def list_components(kind: str | None, json_: bool) -> None:
-    """List datasets, models, attacks, defenses, repairs, metrics and sweeps."""
+    """List datasets, models, attacks, defenses, repairs, metrics and sweeps.
+
+    \b
+    Examples:
+      bdtool list                                      # everything, by kind
+      bdtool list defenses --json                      # with each one's parameters and defaults
+    """
     regs = get_registries()
     kinds = [kind] if kind else list(KIND_ORDER)
     by_plugin = {info.name: info for info in regs.plugins}
@@ -243,7 +292,13 @@ def _warn_failures(regs) -> None:
 @main.command()
 @click.option("json_", "--json", is_flag=True, help="Print JSON.")
 def plugins(json_: bool) -> None:
-    """List loaded plugins, their distribution and version, and what each registers."""
+    """List loaded plugins, their distribution and version, and what each registers.
+
+    \b
+    Examples:
+      bdtool plugins
+      bdtool plugins --json
+    """
     regs = get_registries()
     rows = []
     for info in regs.plugins:

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import click
 
+from bdtool.cli.completion import plugin_names
 from bdtool.core.compute.device import DEVICE_CHOICES
 
 F = Callable[..., Any]
@@ -75,6 +76,17 @@ class ExperimentName(click.ParamType):
         return text
 
 
+EXPERIMENT_ENV = ["BDTOOL_EXPERIMENT", "MLFLOW_EXPERIMENT_NAME"]
+"""Where ``--experiment`` is read from when not given, first match wins."""
+
+tracking_uri_option = click.option(
+    "--tracking-uri", default=None, envvar=["BDTOOL_TRACKING_URI", "MLFLOW_TRACKING_URI"], show_envvar=True,
+    help="MLflow store (default sqlite:///mlruns/mlflow.db).")
+experiment_option = click.option(
+    "--experiment", default="bdtool", show_default=True, type=ExperimentName(), envvar=EXPERIMENT_ENV,
+    show_envvar=True, help="MLflow experiment name.")
+
+
 def parse_key_values(text: str, what: str) -> dict[str, str]:
     """``k=v,k2=v2`` -> dict; a malformed pair is a click.BadParameter naming it."""
     out: dict[str, str] = {}
@@ -87,9 +99,12 @@ def parse_key_values(text: str, what: str) -> dict[str, str]:
 
 
 victim_options = _stack(
-    click.option("--dataset", default="digits", show_default=True, help="Dataset name (bdtool list datasets)."),
-    click.option("--model", default="small-cnn", show_default=True, help="Model architecture name."),
-    click.option("--attack", default="badnets", show_default=True, help="Attack name, optionally NAME:k=v,..."),
+    click.option("--dataset", default="digits", show_default=True, shell_complete=plugin_names("datasets"),
+                 help="Dataset name (bdtool list datasets)."),
+    click.option("--model", default="small-cnn", show_default=True, shell_complete=plugin_names("models"),
+                 help="Model architecture name."),
+    click.option("--attack", default="badnets", show_default=True, shell_complete=plugin_names("attacks", True),
+                 help="Attack name, optionally NAME:k=v,..."),
     click.option("--target", default=0, show_default=True, type=CLASS, help="Backdoor target class."),
     click.option("--poison-rate", default=0.05, show_default=True, type=POISON_RATE, help="Share poisoned: of the training set (dirty-label attacks) or of the target class (clean-label sig, lc; docs/attacks.md)."),
     click.option("--victim-seed", default=0, show_default=True, type=SEED, help="Seed of the victim's poisoning and training."),
@@ -105,22 +120,24 @@ victim_source_option = click.option(
 
 env_options = _stack(
     click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
-                 help="auto = CUDA when available."),
-    click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                 envvar="BDTOOL_DEVICE", show_envvar=True, help="auto = CUDA when available."),
+    click.option("--data-dir", type=click.Path(file_okay=False), default=None, envvar="BDTOOL_DATA_DIR",
+                 show_envvar=True,
                  help="Where datasets live (default ~/.cache/bdtool/data; Fashion-MNIST also from Debian)."),
-    click.option("--download", is_flag=True, help="Allow torchvision to download a missing dataset."),
-    click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-                 help="MLflow store (default sqlite:///mlruns/mlflow.db)."),
-    click.option("--experiment", default="bdtool", show_default=True, type=ExperimentName(),
-                 help="MLflow experiment name."),
+    click.option("--download", is_flag=True, envvar="BDTOOL_DOWNLOAD", show_envvar=True,
+                 help="Allow torchvision to download a missing dataset."),
+    tracking_uri_option,
+    experiment_option,
     click.option("json_", "--json", is_flag=True, help="Print machine-readable JSON on stdout and nothing else."),
 )
 
 executor_options = _stack(
     click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 envvar="BDTOOL_EXECUTOR", show_envvar=True,
                  help="local: every run here, one after another; ray: each (row, n, seed) as a Ray task "
                       "(docs/scale-out.md; pip install 'bdtool[ray]')."),
-    click.option("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
+    click.option("--ray-address", default=None, metavar="auto|ray://HOST:PORT", envvar="BDTOOL_RAY_ADDRESS",
+                 show_envvar=True,
                  help="The Ray cluster to join (default: start a local instance with this machine's cores)."),
     click.option("--gpus-per-task", default=1.0, show_default=True, type=TASK_SHARE,
                  help="GPUs a Ray task asks for on CUDA; fractions pack several tasks onto one GPU."),

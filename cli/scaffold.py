@@ -239,7 +239,13 @@ def plugin() -> None:
 @click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Folder in which to create bdtool-NAME/.")
 def new(name: str, directory: str) -> None:
-    """Create bdtool-NAME/: a working defense plugin package with a test, ready to pip install."""
+    """Create bdtool-NAME/: a working defense plugin package with a test, ready to pip install.
+
+    \b
+    Examples:
+      bdtool plugin new my-defense                     # ./bdtool-my-defense/
+      bdtool plugin new my-defense --dir ~/src && pip install -e ~/src/bdtool-my-defense
+    """
     if not NAME_RE.match(name):
         raise click.ClickException(
             f"invalid plugin name {name!r}: use lower-case letters, digits and single '-' between them, "

@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from bdtool.cli.main import emit_json, main, report_orphans
+from bdtool.cli.completion import comparison_run_ids
+from bdtool.cli.options import experiment_option, tracking_uri_option
 from bdtool.cli.preflight import preflight
 from bdtool.core.errors import BdtoolError
 
@@ -43,15 +45,21 @@ def find_comparison(client, run_ref: str, experiment: str) -> str:
 
 
 @main.command()
-@click.argument("run_ref", default="latest", metavar="[PARENT_RUN_ID|latest]")
-@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-              help="MLflow store (default sqlite:///mlruns/mlflow.db).")
-@click.option("--experiment", default="bdtool", show_default=True, help="MLflow experiment name (for latest).")
+@click.argument("run_ref", default="latest", metavar="[PARENT_RUN_ID|latest]", shell_complete=comparison_run_ids)
+@tracking_uri_option
+@experiment_option
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Also write the comparison's Markdown, CSV, JSON and plots (as logged) into this folder.")
 @click.option("json_", "--json", is_flag=True, help="Print the summary JSON on stdout and nothing else.")
 def show(run_ref: str, tracking_uri: str | None, experiment: str, output: str | None, json_: bool) -> None:
-    """Print a past comparison's table again, from the MLflow store (default: the latest)."""
+    """Print a past comparison's table again, from the MLflow store (default: the latest).
+
+    \b
+    Examples:
+      bdtool show                                      # the latest comparison of experiment bdtool
+      bdtool show 4baf557ae20148aa8a4527250a5cc7ac --json
+      bdtool show latest --experiment tables --output out/
+    """
     preflight(tracking_uri, output)
     report_orphans(tracking_uri)
     import mlflow  # heavy: imported on use

@@ -8,6 +8,7 @@ import click
 
 from bdtool.cli.compare import compare_and_report, exit_code
 from bdtool.cli.main import emit_json, main, make_env, make_spec
+from bdtool.cli.completion import plugin_names
 from bdtool.cli.executors import make_executor
 from bdtool.cli.options import (COUNT, SEEDS, dry_run_option, env_options, executor_options, victim_options,
                                victim_source_option)
@@ -16,8 +17,24 @@ from bdtool.core.experiment.splits import split_test
 from bdtool.core.experiment.components import load_dataset
 
 
-@main.command()
-@click.argument("preset", metavar="PRESET")
+class SweepCommand(click.Command):
+    """``bdtool sweep --help`` lists every registered preset (built-in and plugins') with its description."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        try:
+            from bdtool.plugins import get_registries
+
+            presets = [(e.name, e.obj.description) for e in get_registries().sweeps]
+        except Exception:  # noqa: BLE001 - help must print even with a broken plugin
+            presets = []
+        if presets:
+            with formatter.section("Presets"):
+                formatter.write_dl(presets)
+        super().format_epilog(ctx, formatter)
+
+
+@main.command(cls=SweepCommand)
+@click.argument("preset", metavar="PRESET", shell_complete=plugin_names("sweeps"))
 @click.option("samples", "--samples", multiple=True, type=COUNT, help="Override the preset's sample sizes.")
 @click.option("--seeds", default=3, show_default=True, type=SEEDS, help="Seeds per (row, n).")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
@@ -34,8 +51,15 @@ from bdtool.core.experiment.components import load_dataset
 def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset, model, attack, target, poison_rate,
           victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_, executor, ray_address,
           gpus_per_task, cpus_per_task, dry_run) -> None:
-    """Run a named grid as one comparison per target (bdtool list sweeps: table7, table8, table9,
-    table10, figure4 and any a plugin registers)."""
+    """Run a named grid (PRESET) as one comparison per target or per victim; the presets are
+    listed below (bdtool list sweeps: with their rows, sizes and targets).
+
+    \b
+    Examples:
+      bdtool sweep table7                              # the supplement's Table 7 on digits
+      bdtool sweep trigger-free --seeds 3 --output out/ --dry-run
+      bdtool sweep figure4 --resume
+    """
     preflight(tracking_uri, output)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     grid = env.registries.sweeps.get(preset)

@@ -12,7 +12,7 @@ import sys
 import click
 
 from bdtool.cli.main import main, report_orphans
-from bdtool.cli.options import ExperimentName, dry_run_option
+from bdtool.cli.options import EXPERIMENT_ENV, ExperimentName, dry_run_option, tracking_uri_option
 from bdtool.cli.preflight import preflight
 from bdtool.core import interrupts
 from bdtool.core.tracking import artifact_root_for, resolve_tracking_uri, setup_tracking
@@ -37,13 +37,18 @@ def server_env() -> dict[str, str]:
 
 @main.command()
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
-@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-              help="MLflow store (default sqlite:///mlruns/mlflow.db).")
-@click.option("experiment_name", "--experiment", default="bdtool", show_default=True,
-              type=ExperimentName(), help="The experiment whose runs page to print a link to.")
+@tracking_uri_option
+@click.option("experiment_name", "--experiment", default="bdtool", show_default=True, type=ExperimentName(),
+              envvar=EXPERIMENT_ENV, show_envvar=True, help="The experiment whose runs page to print a link to.")
 @dry_run_option
 def ui(port: int, tracking_uri: str | None, experiment_name: str, dry_run: bool) -> None:
-    """Serve the MLflow UI for bdtool's store on 127.0.0.1 until Ctrl-C."""
+    """Serve the MLflow UI for bdtool's store on 127.0.0.1 until Ctrl-C.
+
+    \b
+    Examples:
+      bdtool ui                                        # http://127.0.0.1:5000
+      bdtool ui --port 5050 --experiment tables
+    """
     preflight(tracking_uri)
     uri = resolve_tracking_uri(tracking_uri)
     setup_tracking(uri)

@@ -48,15 +48,17 @@ def test_train_reuses_the_cached_victim(cli, digits_victim):
     assert data["asr"] >= 0.95 and data["acc"] >= 0.90
 
 
-@pytest.mark.parametrize("args, message", [
-    (("train", "--dataset", "digts"), "unknown dataset 'digts'; did you mean 'digits'"),
-    (("train", "--model", "resnet"), "unknown model 'resnet'"),
-    (("train", "--attack", "badnets:size=abc"), "badnets: size='abc' is not an integer"),
-    (("train", "--target", "12"), "target class 12 is out of range"),
+@pytest.mark.parametrize("args, message, code", [
+    (("train", "--dataset", "digts"), "unknown dataset 'digts'; did you mean 'digits'", 2),
+    (("train", "--model", "resnet"), "unknown model 'resnet'", 2),
+    (("train", "--attack", "badnets:size=abc"), "badnets: size='abc' is not an integer", 2),
+    (("train", "--target", "12"), "target class 12 is out of range", 1),
 ])
-def test_user_errors_are_one_line_without_traceback(cli, args, message):
+def test_user_errors_are_one_line_without_traceback(cli, args, message, code):
+    """A name or parameter the registries refuse is a usage error (exit 2, like click's own); a value
+    only the data set can refuse is exit 1."""
     result = CliRunner().invoke(main, list(args))
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert message in result.stderr
     assert "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
@@ -75,3 +77,81 @@ def test_names_and_seeds_the_libraries_refuse_are_refused_first_in_one_line(cli,
     before either is reached (they were a 60-line MLflow traceback and a torch overflow)."""
     result = cli(*args)
     assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+
+
+# --- conventions: -h, examples, presets, environment, -q, NO_COLOR, completion, exit codes -------
+
+def _commands():
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    import cli_surface
+
+    return [words for words, _ in cli_surface._commands(main)]
+
+
+@pytest.mark.parametrize("words", _commands(), ids=" ".join)
+def test_every_command_takes_h_and_shows_an_example(cli, words):
+    result = cli(*words, "-h")
+    assert result.exit_code == 0 and "Examples:" in result.output and f"bdtool {' '.join(words)}" in result.output
+
+
+def test_sweep_help_lists_every_registered_preset(cli):
+    from bdtool.plugins import get_registries
+
+    text = cli("sweep", "--help").output
+    assert "Presets:" in text
+    for entry in get_registries().sweeps:
+        assert f"  {entry.name} " in text, entry.name
+
+
+@pytest.mark.parametrize("variable", ["BDTOOL_EXPERIMENT", "MLFLOW_EXPERIMENT_NAME"])
+def test_the_experiment_comes_from_the_environment(cli, monkeypatch, variable):
+    monkeypatch.setenv(variable, "from-the-environment")
+    result = cli("show", "latest")
+    assert result.exit_code == 1 and "no MLflow experiment 'from-the-environment'" in result.stderr
+
+
+def test_quiet_leaves_stderr_empty_on_success(cli, digits_victim):
+    loud = cli("train", "--device", "cpu", "--experiment", "tests")
+    quiet = cli("-q", "train", "--device", "cpu", "--experiment", "tests")
+    assert loud.exit_code == quiet.exit_code == 0
+    assert "reusing victim" in loud.stderr and quiet.stderr == ""
+    assert quiet.stdout == loud.stdout
+    both = cli("-q", "-v", "list")
+    assert both.exit_code == 2 and "contradict" in both.stderr
+
+
+def test_no_color_strips_styling(mlflow_store, monkeypatch):
+    runner = CliRunner()
+    assert "\x1b[" in runner.invoke(main, ["list"], color=True).output
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert "\x1b[" not in runner.invoke(main, ["list"], color=True).output
+
+
+def _complete(words: str, mlflow_store: str) -> list[str]:
+    result = CliRunner().invoke(main, [], prog_name="bdtool", env={
+        "_BDTOOL_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)
+        if not words.endswith(" ") else str(len(words.split())), "MLFLOW_TRACKING_URI": mlflow_store})
+    return [line.split(",", 1)[1] for line in result.output.splitlines() if "," in line]
+
+
+def test_shell_completion_of_plugin_names_params_and_run_ids(mlflow_store, digits_victim):
+    assert {"ours", "ours-proj"} <= set(_complete("bdtool compare --defense ou", mlflow_store))
+    assert "ours-proj:scale=" in _complete("bdtool compare --defense ours-proj:sc", mlflow_store)
+    assert set(_complete("bdtool compare --attack bl", mlflow_store)) == {"blend"}
+    assert "trigger-free" in _complete("bdtool sweep tr", mlflow_store)
+    assert "fashion-mnist" in _complete("bdtool train --dataset fa", mlflow_store)
+    compared = CliRunner().invoke(main, ["compare", "--tracking-uri", mlflow_store, "--experiment", "completion",
+                                         "--defense", "suppress-target", "--samples", "5", "--seeds", "1",
+                                         "--no-log-models", "--device", "cpu"])
+    parent = compared.output.split("MLflow parent run ")[1].split()[0]
+    ids = _complete(f"bdtool show --tracking-uri {mlflow_store} {parent[:6]}", mlflow_store)
+    assert parent in ids and "latest" in _complete(f"bdtool show --tracking-uri {mlflow_store} la", mlflow_store)
+
+
+@pytest.mark.parametrize("args", [("compare", "--defense", "nope"), ("compare", "--defense", "ours:bogus=1"),
+                                  ("train", "--dataset", "digts"), ("compare", "--seeds", "0"), ("nope",)])
+def test_usage_errors_exit_2_in_one_line(cli, args):
+    result = cli(*args)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
