@@ -101,6 +101,29 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     return payload
 
 
+def register_best_run(payload: dict[str, Any], registration, json_: bool) -> str | None:
+    """``--register-best``: the best row's best run (``registry.best_run``) as a registered model
+    version, tagged; one line on stderr when nothing can be registered (the table stands)."""
+    from bdtool.core.errors import BdtoolError
+    from bdtool.core.tracking.registry import best_run, register_version
+
+    try:
+        run = best_run(payload)
+        meta = payload.get("meta", {})
+        version = register_version(registration, f"runs:/{run['run_id']}/model", run["run_id"], {
+            "bdtool.defense": run["defense"], "bdtool.row": run["label"], "bdtool.knowledge": run["knowledge"],
+            "bdtool.n": run["n"], "bdtool.seed": run["seed"], "bdtool.victim_hash": meta.get("victim_hash"),
+            "bdtool.victim_run_id": meta.get("victim_run_id"), "bdtool.comparison_run_id": payload["parent_run_id"],
+            **{f"bdtool.{k}": v for k, v in (run.get("metrics") or {}).items() if v is not None}})
+    except BdtoolError as exc:
+        click.echo(f"--register-best: {exc}", err=True)
+        return None
+    registered = f"{registration.uri} (version {version}: {run['label']} n={run['n']} seed {run['seed']})"
+    if not json_:
+        click.echo(f"registered the best row's model as {registered}")
+    return registered
+
+
 def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
     """``--dry-run``: every check a comparison makes before work (``check_comparison``), the plan
     printed, nothing trained or logged."""
@@ -137,6 +160,10 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Also write the table as Markdown, CSV and JSON (and plots) into this folder.")
 @click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow (faster).")
+@click.option("--register-best", default=None, metavar="NAME[@ALIAS]",
+              help="Make the defended model of the best row (highest mean ClassScore; its best seed) a new version "
+                   "of the MLflow registered model NAME, tagged, with ALIAS (default: best) pointing at it; it loads "
+                   "back with --victim models:/NAME@ALIAS.")
 @click.option("--resume", default=None, metavar="PARENT_RUN_ID|auto",
               help="Continue that comparison (auto: the newest one with the same victim, rows, --samples and "
                    "--seeds): its FINISHED runs are kept, only the others run.")
@@ -145,9 +172,9 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
 @env_options
 @executor_options
 @dry_run_option
-def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, resume, victim, dataset, model, attack,
-            target, poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_,
-            executor, ray_address, gpus_per_task, cpus_per_task, dry_run) -> None:
+def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, register_best, resume, victim, dataset,
+            model, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri,
+            experiment, json_, executor, ray_address, gpus_per_task, cpus_per_task, dry_run) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow.
 
     \b
@@ -162,6 +189,17 @@ def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models,
     from bdtool.core.interfaces import Knowledge
 
     spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs, victim)
+    registration = None
+    if register_best:
+        from bdtool.core.errors import BdtoolError
+        from bdtool.core.tracking.registry import parse_registration
+
+        registration = parse_registration(register_best, "--register-best", default_alias="best")
+        if no_log_models:
+            raise BdtoolError("--register-best registers a logged defended model: drop --no-log-models")
+        if not spec.backdoored:
+            raise BdtoolError("--register-best picks the best ClassScore, which a clean victim (--poison-rate 0) "
+                              "does not have")
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     texts = list(defenses)
     if not texts:
@@ -175,6 +213,8 @@ def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models,
                                      not no_log_models, list(metrics), runner, resume, dry_run)
     finally:
         runner.close()
+    if registration is not None and not dry_run and payload.get("parent_run_id"):
+        payload["registered"] = register_best_run(payload, registration, json_)
     if json_:
         emit_json(payload)
     if dry_run:

@@ -38,6 +38,10 @@ def _pct(value: float | None) -> str:
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="The defended model (.safetensors); default MODEL_FILE's name + .defended.safetensors, here.")
 @click.option("--no-log-models", is_flag=True, help="Do not log the defended model as an MLflow model too.")
+@click.option("--register", default=None, metavar="NAME[@ALIAS]",
+              help="Also make the defended model a new version of the MLflow registered model NAME, tagged with "
+                   "the defense, knowledge, source digest and metrics, and point ALIAS (default: defended) at it; "
+                   "it loads back with --victim models:/NAME@ALIAS.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True, envvar="BDTOOL_DEVICE",
               show_envvar=True, help="auto = CUDA when available.")
 @tracking_uri_option
@@ -45,7 +49,7 @@ def _pct(value: float | None) -> str:
 @click.option("json_", "--json", is_flag=True, help="Print machine-readable JSON on stdout and nothing else.")
 @dry_run_option
 def defend(model_file, architecture, data, row, target_label, trigger_image, trigger_mask, samples, seed, output,
-           no_log_models, device, tracking_uri, experiment, json_, dry_run) -> None:
+           no_log_models, register, device, tracking_uri, experiment, json_, dry_run) -> None:
     """Defend MODEL_FILE (.safetensors or a state dict; never unpickled) with clean images; write the
     defended model as .safetensors and log an MLflow run.
 
@@ -62,6 +66,9 @@ def defend(model_file, architecture, data, row, target_label, trigger_image, tri
         output = f"{stem}.defended.safetensors"
     if trigger_mask and not trigger_image:
         raise BdtoolError("--trigger-mask needs --trigger-image")
+    from bdtool.core.tracking.registry import parse_registration
+
+    registration = parse_registration(register, "--register") if register else None
     preflight(tracking_uri, str(Path(output).expanduser().resolve().parent))
     from bdtool.cli.main import report_orphans
     from bdtool.core.experiment.defend import DefendConfig, defend_model
@@ -75,7 +82,7 @@ def defend(model_file, architecture, data, row, target_label, trigger_image, tri
     env = make_env(device, None, False, tracking_uri, experiment, quiet=json_)
     config = DefendConfig(weights=model_file, model=architecture, dataset=f"folder:{data}", output=output, row=row,
                           target=target_label, attack=attack, samples=samples, seed=seed,
-                          log_model=not no_log_models, dry_run=dry_run)
+                          log_model=not no_log_models, register=registration, dry_run=dry_run)
     if dry_run:
         plan = defend_model(config, env)
         if json_:
@@ -98,4 +105,6 @@ def defend(model_file, architecture, data, row, target_label, trigger_image, tri
                + (f", target-class {_pct(b.ctca)} -> {_pct(a.ctca)}" if a.ctca is not None else "")
                + (f", ASR with your trigger {_pct(b.asr)} -> {_pct(a.asr)}" if a.asr is not None else ""))
     click.echo(f"defended model written to {result.output}")
+    if result.registered:
+        click.echo(f"registered as {result.registered}")
     click.echo(f"MLflow run {result.run_id} (bdtool ui to browse)")

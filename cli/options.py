@@ -114,7 +114,7 @@ victim_options = _stack(
 victim_source_option = click.option(
     "--victim", default=None, metavar="SOURCE",
     help="Your own model instead of a victim bdtool trains: a .safetensors file, a PyTorch state dict "
-         "(loaded with weights_only=True, never unpickled), runs:/RUN_ID/PATH or models:/NAME/VERSION. "
+         "(loaded with weights_only=True, never unpickled), runs:/RUN_ID/PATH, models:/NAME/VERSION or models:/NAME@ALIAS. "
          "--model is its architecture; --dataset, --attack and --target say how it is evaluated "
          "(docs/own-models.md).")
 

@@ -543,3 +543,84 @@ def test_weights_of_another_float_type_are_copied_into_the_model(digits_victim, 
     data = digits_victim.data.evaluation
     acc = evaluate(model.eval(), data, digits_victim.attack, 10, torch.device("cpu")).acc
     assert abs(acc - digits_victim.before.acc) <= 0.02
+
+
+def test_defend_register_makes_a_tagged_version_that_loads_back_by_alias(mlflow_store, digits_victim, exported,
+                                                                         digits_folder, tmp_path):
+    """--register NAME@ALIAS: a registered model version of the defended weights (no pickle), tagged
+    with the defense, knowledge, source digest and metrics, loaded back with --victim models:/NAME@ALIAS
+    as the same weights."""
+    name = f"defended-{uuid.uuid4().hex[:6]}"
+    out = tmp_path / "d.safetensors"
+    result = defend(mlflow_store, new_experiment(), exported, str(digits_folder), "--defense", "ours-proj:knowledge=none",
+                    "--output", str(out), "--register", f"{name}@prod", "--no-log-models", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["registered"] == f"models:/{name}@prod (version 1)"
+    client = MlflowClient(tracking_uri=mlflow_store)
+    version = client.get_model_version_by_alias(name, "prod")
+    assert version.run_id == payload["run_id"] and version.source.endswith("/defended")
+    assert version.tags["bdtool.defense"] == "ours-proj" and version.tags["bdtool.knowledge"] == "none"
+    assert version.tags["bdtool.source_sha256"] == file_sha256(exported)
+    assert float(version.tags["bdtool.acc"]) == pytest.approx(payload["after"]["acc"])
+    import mlflow
+
+    from bdtool.core.experiment.weights import read_weights  # the loader --victim uses
+
+    mlflow.set_tracking_uri(mlflow_store)
+    state = read_weights(f"models:/{name}@prod").state
+    assert all(torch.equal(state[k], v) for k, v in load_safetensors(out).items())
+    again = compare(mlflow_store, new_experiment(), "--victim", f"models:/{name}@prod")
+    assert again.exit_code == 0, again.output
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--register-best", "x", "--no-log-models"), "drop --no-log-models"),
+    (("--register-best", "x@latest"), "is not one MLflow accepts"),
+    (("--register-best", "x", "--poison-rate", "0"), "a clean victim"),
+])
+def test_register_best_refusals_are_one_line_before_any_run(mlflow_store, digits_victim, args, says):
+    experiment = new_experiment()
+    assert_one_line(logged_compare(mlflow_store, experiment, "--defense", "ours", *args), says)
+    assert runs_in(mlflow_store, experiment) == []
+
+
+def logged_compare(uri: str, experiment: str, *args: str):
+    return CliRunner().invoke(main, ["compare", "--device", "cpu", "--json", "--tracking-uri", uri, "--experiment",
+                                     experiment, *args])
+
+
+def test_compare_register_best_registers_the_best_rows_best_seed(mlflow_store, digits_victim):
+    """The row with the highest mean ClassScore (ours-proj with the trigger, above the null row's 0),
+    then its seed with the highest ClassScore, the lowest seed on a tie."""
+    name = f"best-{uuid.uuid4().hex[:6]}"
+    result = logged_compare(mlflow_store, new_experiment(), "--defense", "suppress-target", "--defense", "ours-proj",
+                            "--samples", "50", "--seeds", "2", "--register-best", name)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    means = {r["label"]: r["class_score_mean"] for r in payload["rows"]}
+    assert means["Ours-proj (trigger)"] > means["Null: suppress target (target label)"]
+    runs = [r for r in payload["runs"] if r["label"] == "Ours-proj (trigger)"]
+    best = max(runs, key=lambda r: (r["metrics"]["class_score"], -r["seed"]))
+    version = MlflowClient(tracking_uri=mlflow_store).get_model_version_by_alias(name, "best")
+    assert version.run_id == best["run_id"] and version.tags["bdtool.row"] == "Ours-proj (trigger)"
+    assert version.tags["bdtool.victim_hash"] == digits_victim.config_hash
+    assert float(version.tags["bdtool.class_score"]) == pytest.approx(best["metrics"]["class_score"])
+    assert payload["registered"] == (f"models:/{name}@best (version 1: Ours-proj (trigger) n=50 seed "
+                                     f"{best['seed']})")
+
+
+def test_best_run_choice_and_its_refusals():
+    from bdtool.core.errors import BdtoolError
+    from bdtool.core.tracking.registry import best_run
+
+    def run(label, seed, value):
+        return {"label": label, "n": 50, "seed": seed, "run_id": f"{label}{seed}", "metrics": {"class_score": value}}
+
+    payload = {"rows": [{"label": "a", "n": 50, "class_score_mean": 40.0}, {"label": "b", "n": 50, "class_score_mean": 90.0}],
+               "runs": [run("a", 0, 80.0), run("b", 0, 85.0), run("b", 1, 95.0), run("b", 2, 95.0)]}
+    assert best_run(payload)["run_id"] == "b1"
+    with pytest.raises(BdtoolError, match="above 0"):
+        best_run({"rows": [{"label": "a", "n": 50, "class_score_mean": 0.0}], "runs": [run("a", 0, 0.0)]})
+    with pytest.raises(BdtoolError, match="a clean victim has none"):
+        best_run({"rows": [{"label": "a", "n": 50, "class_score_mean": None}], "runs": []})

@@ -24,6 +24,7 @@ from torch import nn
 
 import bdtool
 from bdtool.core import interrupts, tracking
+from bdtool.core.tracking.registry import Registration, register_version
 from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.context import data_context
@@ -59,6 +60,8 @@ class DefendConfig:
     """D_U size; None = the whole training part of the folder."""
     seed: int = 0
     log_model: bool = True
+    register: "Registration | None" = None
+    """``--register NAME[@ALIAS]``: the defended model as a new version of that registered model."""
     dry_run: bool = False
     """Check every input (the row, the folder, the weights against the architecture, the trigger)
     and return a :class:`DefendPlan`: no run, no file written."""
@@ -107,6 +110,8 @@ class DefendResult:
     repair_time_s: float | None
     total_time_s: float
     timings: dict[str, float] = field(default_factory=dict)
+    registered: str | None = None
+    """``models:/NAME@ALIAS (version V)`` when ``--register`` made a model version."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -279,6 +284,14 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan
             mlflow.log_metrics({**_metrics("before_", before), **_metrics("", after), "defense_time_s": defense_time,
                                 **({"repair_time_s": repair_time} if repair_time is not None else {}),
                                 **{f"time_{k}": v for k, v in timings.items()}})
+            registered = None
+            if config.register is not None:
+                version = register_version(config.register, f"runs:/{run_id}/defended", run_id, {
+                    "bdtool.defense": row.defense_name, "bdtool.row": row.label,
+                    "bdtool.knowledge": row.knowledge.value, "bdtool.n": n, "bdtool.seed": config.seed,
+                    "bdtool.source_sha256": weights.sha256, "bdtool.dataset": config.dataset,
+                    **{f"bdtool.{k}": v for k, v in _metrics("", after).items()}})
+                registered = f"{config.register.uri} (version {version})"
     except KeyboardInterrupt:
         raise
     except BdtoolError:
@@ -290,4 +303,4 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan
     return DefendResult(run_id=run_id, output=str(output.resolve()), row=row.label, knowledge=row.knowledge.value,
                         weights_sha256=weights.sha256, n_unlearn=n, n_holdout=len(holdout), before=before,
                         after=after, defense_time_s=defense_time, repair_time_s=repair_time,
-                        total_time_s=timings["total_s"], timings=timings)
+                        total_time_s=timings["total_s"], timings=timings, registered=registered)

@@ -64,7 +64,7 @@ def _read_file(path: Path, source: str, shown: str | None = None) -> Weights:
 
 
 def _from_mlflow(source: str) -> Weights:
-    """``runs:/RUN_ID/PATH`` or ``models:/NAME/VERSION`` from the current tracking store. A
+    """``runs:/RUN_ID/PATH``, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` from the current tracking store. A
     registered model version whose artifact holds no weights file (an MLflow PyTorch model is a
     pickle, which bdtool never loads) is read from its run's ``model/state_dict.pt`` when bdtool
     logged that run (its SHA-256 digest is checked)."""
@@ -100,10 +100,14 @@ def _model_version_run(source: str) -> str | None:
     import mlflow  # heavy: imported on use
     from mlflow.exceptions import MlflowException
 
-    name, _, version = source[len("models:/"):].rstrip("/").partition("/")
-    if not name or not version.isdigit():
-        return None
+    ref = source[len("models:/"):].rstrip("/")
     try:
+        if "@" in ref:  # models:/NAME@ALIAS
+            name, _, alias = ref.partition("@")
+            return mlflow.MlflowClient().get_model_version_by_alias(name, alias).run_id or None
+        name, _, version = ref.partition("/")
+        if not name or not version.isdigit():
+            return None
         return mlflow.MlflowClient().get_model_version(name, version).run_id or None
     except MlflowException:
         return None
