@@ -8,6 +8,7 @@ import click
 
 from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
 from bdtool.cli.completion import plugin_names
+from bdtool.cli.config_file import comparison_toml, config_option
 from bdtool.cli.executors import make_executor
 from bdtool.cli.options import (COUNT, SEEDS, dry_run_option, env_options, executor_options, victim_options,
                                victim_source_option)
@@ -54,7 +55,8 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     registries.models.get(spec.model)
     registries.attacks.get(spec.attack)
     config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models,
-                           output_dir=output, metrics=list(metrics or []), resume=resume)
+                           output_dir=output, metrics=list(metrics or []), resume=resume,
+                           config_toml=comparison_toml(texts, samples, seeds, knowledge, list(metrics or []), spec))
     if dry_run:
         return dry_run_payload(config, env, json_)
     report_orphans(env.tracking_uri)
@@ -172,9 +174,10 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
 @env_options
 @executor_options
 @dry_run_option
+@config_option
 def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, register_best, resume, victim, dataset,
             model, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri,
-            experiment, json_, executor, ray_address, gpus_per_task, cpus_per_task, dry_run) -> None:
+            experiment, json_, executor, ray_address, gpus_per_task, cpus_per_task, dry_run, config) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow.
 
     \b

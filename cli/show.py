@@ -51,7 +51,10 @@ def find_comparison(client, run_ref: str, experiment: str) -> str:
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Also write the comparison's Markdown, CSV, JSON and plots (as logged) into this folder.")
 @click.option("json_", "--json", is_flag=True, help="Print the summary JSON on stdout and nothing else.")
-def show(run_ref: str, tracking_uri: str | None, experiment: str, output: str | None, json_: bool) -> None:
+@click.option("config", "--config", is_flag=True,
+              help="Print the comparison as TOML instead (bdtool compare --config FILE runs it again).")
+def show(run_ref: str, tracking_uri: str | None, experiment: str, output: str | None, json_: bool,
+         config: bool) -> None:
     """Print a past comparison's table again, from the MLflow store (default: the latest).
 
     \b
@@ -59,6 +62,7 @@ def show(run_ref: str, tracking_uri: str | None, experiment: str, output: str | 
       bdtool show                                      # the latest comparison of experiment bdtool
       bdtool show 4baf557ae20148aa8a4527250a5cc7ac --json
       bdtool show latest --experiment tables --output out/
+      bdtool show latest --config > comparison.toml     # then: bdtool compare --config comparison.toml
     """
     preflight(tracking_uri, output)
     report_orphans(tracking_uri)
@@ -75,6 +79,16 @@ def show(run_ref: str, tracking_uri: str | None, experiment: str, output: str | 
     uri = tracking.setup_tracking(tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     run_id = find_comparison(client, run_ref, experiment)
+    if config:
+        from bdtool.core.experiment.runner import CONFIG_ARTIFACT
+
+        try:
+            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}")
+        except (MlflowException, OSError):
+            raise BdtoolError(f"comparison run '{run_id}' has no {CONFIG_ARTIFACT} (older comparisons have none: run "
+                              "it again to get one)") from None
+        click.echo(text, nl=False)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         try:
             folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="summary", dst_path=tmp,

@@ -9,6 +9,7 @@ import click
 from bdtool.cli.compare import compare_and_report, exit_code
 from bdtool.cli.main import emit_json, main, make_env, make_spec
 from bdtool.cli.completion import plugin_names
+from bdtool.cli.config_file import config_option
 from bdtool.cli.executors import make_executor
 from bdtool.cli.options import (COUNT, SEEDS, dry_run_option, env_options, executor_options, victim_options,
                                victim_source_option)
@@ -48,9 +49,10 @@ class SweepCommand(click.Command):
 @env_options
 @executor_options
 @dry_run_option
+@config_option
 def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset, model, attack, target, poison_rate,
           victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_, executor, ray_address,
-          gpus_per_task, cpus_per_task, dry_run) -> None:
+          gpus_per_task, cpus_per_task, dry_run, config) -> None:
     """Run a named grid (PRESET) as one comparison per target or per victim; the presets are
     listed below (bdtool list sweeps: with their rows, sizes and targets).
 

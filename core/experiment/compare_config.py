@@ -24,3 +24,5 @@ class CompareConfig:
     registered metric is computed and logged whatever is shown."""
     resume: str | None = None
     """A comparison's parent run id, or ``auto``: continue it (core/experiment/resume.py)."""
+    config_toml: str | None = None
+    """The comparison as TOML (cli/config_file.py), logged with its run as ``config.toml``."""

@@ -38,6 +38,8 @@ __all__ = ["CompareConfig", "ComparisonPlan", "ComparisonResult", "check_compari
            "failure_details", "failure_reason", "finite_or_none", "namespaced", "run_comparison", "validate_samples"]
 
 
+CONFIG_ARTIFACT = "config.toml"
+"""The comparison as TOML (``bdtool compare --config``), logged with its run."""
 TABLE_ARTIFACT = "comparison_table.json"
 """The comparison's table as an MLflow table artifact (``mlflow.log_table``) of its run."""
 
@@ -175,6 +177,8 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
                 **{f"attack.{k}": v for k, v in victim.attack.params_dict().items()},
                 **({"victim_source": config.spec.source} if config.spec.source is not None else {}),
             })
+            if config.config_toml is not None:
+                mlflow.log_text(config.config_toml, CONFIG_ARTIFACT)
             mlflow.log_metrics({"before_acc": victim.before.acc, "before_asr": victim.before.asr,
                                 "before_ctca": victim.before.ctca, "before_min_class_acc": victim.before.min_class_acc})
             tracking.log_params_flat({"knowledge": " | ".join(f"{r.label}: {r.knowledge_label}" for r in config.rows),
