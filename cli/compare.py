@@ -107,7 +107,9 @@ def register_best_run(payload: dict[str, Any], registration, json_: bool) -> str
     """``--register-best``: the best row's best run (``registry.best_run``) as a registered model
     version, tagged; one line on stderr when nothing can be registered (the table stands)."""
     from bdtool.core.errors import BdtoolError
+    from bdtool.core.experiment.evaluation import to_mlflow_units
     from bdtool.core.tracking.registry import best_run, register_version
+    from bdtool.plugins import get_registries
 
     try:
         run = best_run(payload)
@@ -116,7 +118,8 @@ def register_best_run(payload: dict[str, Any], registration, json_: bool) -> str
             "bdtool.defense": run["defense"], "bdtool.row": run["label"], "bdtool.knowledge": run["knowledge"],
             "bdtool.n": run["n"], "bdtool.seed": run["seed"], "bdtool.victim_hash": meta.get("victim_hash"),
             "bdtool.victim_run_id": meta.get("victim_run_id"), "bdtool.comparison_run_id": payload["parent_run_id"],
-            **{f"bdtool.{k}": v for k, v in (run.get("metrics") or {}).items() if v is not None}})
+            **{f"bdtool.{k}": v for k, v in to_mlflow_units(get_registries().metrics, {
+                k: v for k, v in (run.get("metrics") or {}).items() if v is not None}).items()}})
     except BdtoolError as exc:
         click.echo(f"--register-best: {exc}", err=True)
         return None

@@ -324,6 +324,10 @@ class Metric(ABC):
     """Needs the victim's evaluation as ``reference`` (not shown for the "Before" row)."""
     column_order: ClassVar[int] = 100
     """Where its column goes in the default table (lower first, then by name)."""
+    mlflow_scale: ClassVar[float] = 1.0
+    """What the value is multiplied by when logged to MLflow, so that every built-in metric is a
+    fraction in [0, 1] there (Score and ClassScore, points 0–100 in tables, are logged × 0.01);
+    docs/ui.md, "Units"."""
     measures_removal: ClassVar[bool] = False
     """Measures how much of a backdoor was removed (Score, DER): undefined, NaN and shown "-", on a
     victim without a backdoor (poison rate 0), where there is nothing to remove."""

@@ -135,7 +135,7 @@ def test_show_refuses_a_summary_that_is_not_what_the_run_wrote(mlflow_store, com
 def test_the_comparison_run_holds_every_rows_means_as_metrics_and_the_table(mlflow_store, comparison, tmp_path):
     """Comparisons can be sorted and filtered in the UI and with mlflow.search_runs: each row's mean
     and std of every metric are the parent run's metrics (``<row>.n<N>.<metric>_mean``), equal to
-    the summary's, and the table is a table artifact."""
+    the summary's in MLflow's units (fractions: Score / 100), and the table is a table artifact."""
     from pathlib import Path
 
     import mlflow
@@ -148,9 +148,9 @@ def test_the_comparison_run_holds_every_rows_means_as_metrics_and_the_table(mlfl
     metrics = MlflowClient(tracking_uri=mlflow_store).get_run(parent).data.metrics
     ours = next(r for r in summary["rows"] if r["label"] == "Ours (trigger)")
     assert row_key("Ours (trigger)", 5) == "ours_trigger.n5"
-    for key in ("score", "class_score", "asr", "acc", "ctca", "time_s"):
-        assert metrics[f"ours_trigger.n5.{key}_mean"] == pytest.approx(ours[f"{key}_mean"])
-        assert metrics[f"ours_trigger.n5.{key}_std"] == pytest.approx(ours[f"{key}_std"])
+    for key, unit in (("score", 0.01), ("class_score", 0.01), ("asr", 1), ("acc", 1), ("ctca", 1), ("time_s", 1)):
+        assert metrics[f"ours_trigger.n5.{key}_mean"] == pytest.approx(unit * ours[f"{key}_mean"])
+        assert metrics[f"ours_trigger.n5.{key}_std"] == pytest.approx(unit * ours[f"{key}_std"])
     mlflow.set_tracking_uri(mlflow_store)
     exp = MlflowClient(tracking_uri=mlflow_store).get_experiment_by_name(experiment)
     found = mlflow.search_runs([exp.experiment_id], filter_string="metrics.`ours_trigger.n5.asr_mean` <= 1",
@@ -162,3 +162,42 @@ def test_the_comparison_run_holds_every_rows_means_as_metrics_and_the_table(mlfl
     rows = [dict(zip(table["columns"], values)) for values in table["data"]]
     assert [r["row"] for r in rows] == [r["label"] for r in summary["rows"]]
     assert rows[1]["class_score_mean"] == pytest.approx(ours["class_score_mean"])
+
+
+def test_every_builtin_metric_is_a_fraction_in_mlflow(mlflow_store, comparison):
+    """One unit for every metric in MLflow: Score and ClassScore (points in the table) are logged
+    / 100 like the accuracies, and every run's value is within [0, 1]; the table keeps its units."""
+    from bdtool.plugins import get_registries
+
+    experiment, _, parent, compare_folder = comparison
+    summary = json.loads((compare_folder / "summary.json").read_text())
+    client = MlflowClient(tracking_uri=mlflow_store)
+    exp = client.get_experiment_by_name(experiment)
+    runs = [r for r in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")]
+    by_id = {r["run_id"]: r for r in summary["runs"]}
+    names = [e.name for e in get_registries().metrics]
+    for run in runs:
+        for name in names:
+            if name in run.data.metrics:
+                assert 0.0 <= run.data.metrics[name] <= 1.0, (name, run.data.metrics[name])
+        table = by_id[run.info.run_id]["metrics"]
+        if table.get("score") is not None:
+            assert run.data.metrics["score"] == pytest.approx(table["score"] / 100)
+
+
+def test_logged_models_are_named_for_their_row_and_carry_their_metrics_and_dataset(mlflow_store, digits_victim):
+    """Each defended model is a LoggedModel named for its row, n and seed, tagged with its defense,
+    row, knowledge and victim, and its run's metrics are logged against it and the evaluation half."""
+    experiment = "logged-models"
+    result = CliRunner().invoke(main, ["compare", "--device", "cpu", "--tracking-uri", mlflow_store, "--experiment",
+                                       experiment, "--defense", "ours", "--samples", "5", "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=mlflow_store)
+    exp = client.get_experiment_by_name(experiment)
+    (model,) = client.search_logged_models([exp.experiment_id])
+    assert model.name == "ours_trigger-n5-seed0"
+    assert model.tags["bdtool.defense"] == "ours" and model.tags["bdtool.row"] == "Ours (trigger)"
+    assert model.tags["bdtool.knowledge"] == "trigger" and model.tags["bdtool.victim_hash"] == digits_victim.config_hash
+    by_key = {m.key: m for m in model.metrics or []}
+    assert {"score", "acc", "asr", "ctca"} <= set(by_key)
+    assert by_key["acc"].dataset_name == "digits evaluation" and by_key["acc"].model_id == model.model_id

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from bdtool.core.experiment.evaluation import compute_metrics
+from bdtool.core.experiment.evaluation import compute_metrics, to_mlflow_units
 from bdtool.core.experiment.output import atomic_target, write_text_atomic
 from bdtool.core.experiment.rows import RowSpec
 
@@ -217,15 +217,16 @@ def row_key(label: str, n: int | None) -> str:
     return slug if n is None else f"{slug}.n{n}"
 
 
-def summary_metrics(summary: Summary) -> dict[str, float]:
+def summary_metrics(summary: Summary, metric_classes: Sequence[Any] = ()) -> dict[str, float]:
     """Every row's mean and std of every metric (and the time) as the comparison run's metrics,
-    ``<row_key>.<metric>_mean`` / ``_std``: sorted by name they group by row, then n, then metric,
-    and ``mlflow.search_runs`` can filter and order comparisons on them (docs/ui.md). Undefined
-    values (NaN) are left out."""
+    ``<row_key>.<metric>_mean`` / ``_std``, in MLflow's units (``Metric.mlflow_scale``: fractions):
+    sorted by name they group by row, then n, then metric, and ``mlflow.search_runs`` can filter and
+    order comparisons on them (docs/ui.md). Undefined values (NaN) are left out."""
     out: dict[str, float] = {}
     for row in summary.rows:
-        for key, s in row.stats.items():
-            for part, value in (("mean", s.mean), ("std", s.std)):
+        for part in ("mean", "std"):
+            values = to_mlflow_units(metric_classes, {key: getattr(s, part) for key, s in row.stats.items()})
+            for key, value in values.items():
                 if value == value and not math.isinf(value):
                     out[f"{row_key(row.label, row.n)}.{key}_{part}"] = float(value)
     return out

@@ -19,6 +19,7 @@ from typing import Any
 
 from bdtool.core import tracking
 from bdtool.core.errors import BdtoolError
+from bdtool.core.experiment.evaluation import from_mlflow_units
 from bdtool.core.experiment.tasks import RunOutcome, RunTask, detection_from_metrics
 from bdtool.core.results import EvalResult
 from bdtool.core.tracking.tags import COMPARISON_KEY_TAG
@@ -95,7 +96,8 @@ def finished_outcomes(client: Any, parent_run_id: str, experiment_id: str,
             label=tags.get(tracking.ROW_TAG, ""), defense=tags.get(tracking.DEFENSE_TAG, ""),
             n=int(params["n"]), seed=int(params["seed"]), knowledge=tags.get(tracking.KNOWLEDGE_TAG, ""),
             status="FINISHED", result=result,
-            metrics={cls.name: metrics.get(cls.name, math.nan) for cls in metric_classes},
+            metrics=from_mlflow_units(metric_classes, {cls.name: metrics.get(cls.name, math.nan)
+                                                       for cls in metric_classes}),
             defense_time_s=metrics.get("defense_time_s", math.nan), repair_time_s=metrics.get("repair_time_s"),
             run_id=run.info.run_id, detection=detection_from_metrics(metrics))
         outcomes[(outcome.label, outcome.n, outcome.seed)] = outcome

@@ -207,7 +207,7 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
                         mlflow.log_metrics({"runs_resumed": float(len(done)), "runs_ran": float(len(todo))})
                         log_summary_artifacts(tmp, "summary")
                         mlflow.set_tag(tracking.SUMMARY_SHA256_TAG, file_sha256(Path(tmp) / "summary.json"))
-                        mlflow.log_metrics(summary_metrics(summary))
+                        mlflow.log_metrics(summary_metrics(summary, metric_classes))
                         mlflow.log_table(summary_table(summary), artifact_file=TABLE_ARTIFACT)
                         set_description(format_markdown(summary))
                     except Exception as exc:

@@ -17,7 +17,8 @@ from bdtool.core import interrupts, tracking
 from bdtool.core.callbacks import DetectionReport
 from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.experiment.context import defense_context
-from bdtool.core.experiment.evaluation import compute_metrics, evaluate
+from bdtool.core.experiment.evaluation import compute_metrics, evaluate, to_mlflow_units
+from bdtool.core.tracking.models import logged_model_name
 from bdtool.core.experiment.rows import RowSpec
 from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.victim_spec import Victim
@@ -264,14 +265,21 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
                **{f"class_acc_{c}": a for c, a in enumerate(result.per_class_acc) if not math.isnan(a)}}
     if outcome.repair_time_s is not None:
         metrics["repair_time_s"] = outcome.repair_time_s
-    mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
+    logged = {k: v for k, v in to_mlflow_units(job.metric_classes, metrics).items() if not math.isnan(v)}
+    model_id = None
     try:
         mlflow.log_dict(result.to_dict(), "evaluation.json")
-        if job.log_models:
-            tracking.log_model(model, data.evaluation.x, "model")
+        if job.log_models:  # the LoggedModel first, so that the metrics are logged against it
+            model_id = tracking.log_model(
+                model, data.evaluation.x, "model", logged_name=logged_model_name(row.label, n, seed),
+                tags={tracking.DEFENSE_TAG: row.defense_name, tracking.ROW_TAG: row.label,
+                      tracking.KNOWLEDGE_TAG: row.knowledge_label, "bdtool.n": n, "bdtool.seed": seed,
+                      tracking.VICTIM_HASH_TAG: victim.config_hash})
     except OSError as exc:  # the artifact folder: the store's fault, not the defense's
         raise ArtifactLogError(
             f"cannot log the artifacts of run {mlflow.active_run().info.run_id} ({exc.strerror or exc})") from exc
+    finally:  # the metrics whatever happened to the artifacts, linked to the evaluation half (and model)
+        mlflow.log_metrics(logged, model_id=model_id, dataset=job.evaluation_input)
 
 
 def _log_run_start(row: RowSpec, n: int, seed: int, victim: Victim, defense: Any) -> None:

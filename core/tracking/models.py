@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,9 +23,12 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
 
 
-def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> None:
+def log_model(model: nn.Module, example: torch.Tensor, name: str = "model", logged_name: str | None = None,
+              tags: dict[str, Any] | None = None) -> str | None:
     """Log ``model`` as an MLflow PyTorch model (explicit pip requirements, so no slow inference
-    subprocess) and a ``state_dict.pt`` copy that bdtool reloads with ``weights_only=True``."""
+    subprocess) and a ``state_dict.pt`` copy that bdtool reloads with ``weights_only=True``. The
+    LoggedModel is called ``logged_name`` (default ``<name>-mlflow``) and carries ``tags``; returns
+    its id, for metrics logged against it (``mlflow.log_metrics(model_id=...)``)."""
     import mlflow  # heavy: imported on use (core/tracking/store.py)
     import mlflow.pytorch
 
@@ -34,12 +38,23 @@ def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> N
         mlflow.log_artifact(str(path), artifact_path=name)
         # Its digest, checked when it is loaded again (download_state_dict): a damaged cache is found.
         mlflow.set_tag(state_dict_digest_tag(name), file_sha256(path))
-    mlflow.pytorch.log_model(
+    info = mlflow.pytorch.log_model(
         model,
-        name=f"{name}-mlflow",
+        name=logged_name or f"{name}-mlflow",
         input_example=example[:2].cpu().numpy(),  # batch of 2: a batch of 1 would fix the batch dim
         pip_requirements=pip_requirements(),
+        tags={k: str(v) for k, v in (tags or {}).items() if v is not None} or None,
     )
+    return getattr(info, "model_id", None)
+
+
+def logged_model_name(row_label: str, n: int, seed: int) -> str:
+    """A defended model's LoggedModel name: its row, n and seed (``ours-proj_none-n50-seed0``), in the
+    characters MLflow allows in a LoggedModel name (no ``/ : . % " '``)."""
+    import re
+
+    slug = re.sub(r"[^a-z0-9-]+", "_", row_label.lower()).strip("_") or "row"
+    return f"{slug}-n{n}-seed{seed}"
 
 
 def download_state_dict(run_id: str, name: str = "model") -> dict[str, torch.Tensor]:

@@ -42,6 +42,7 @@ def score_range(reference: EvalResult | None) -> tuple[float, float] | None:
 class Score(Metric):
     name = "score"
     measures_removal = True
+    mlflow_scale = 0.01
     header = "Score"
     relative = True
     description = "paper's Score: 100·(ACC/ACC_before)·max(0, 1−ASR/ASR_before)"
@@ -56,6 +57,7 @@ class Score(Metric):
 class ClassAwareScore(Metric):
     name = "class_score"
     measures_removal = True
+    mlflow_scale = 0.01
     header = "ClassScore"
     relative = True
     description = "Score·min(1, CTCA/CTCA_before): 0 when the target class is destroyed"
