@@ -88,14 +88,11 @@ experiment_option = click.option(
 
 
 def parse_key_values(text: str, what: str) -> dict[str, str]:
-    """``k=v,k2=v2`` -> dict; a malformed pair is a click.BadParameter naming it."""
-    out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"'{part}' in {what} is not key=value")
-        out[key.strip()] = value.strip()
-    return out
+    """``k=v,k2=v2`` -> dict (``bdtool.core.params.parse_key_values``); a malformed pair is a
+    usage error naming it."""
+    from bdtool.core.params import parse_key_values as parse
+
+    return parse(text, what)
 
 
 victim_options = _stack(

@@ -94,6 +94,22 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def parse_key_values(text: str, what: str) -> dict[str, str]:
+    """``k=v,k2=v2`` -> dict (keys and values stripped; empty parts skipped): the one parser of the
+    ``k=v`` lists of ``--defense NAME:...``, ``--attack NAME:...``, ``folder:PATH:...`` and triggers.
+    A part without ``=``, an empty key or a key given twice is :class:`InvalidParameterError`
+    naming ``what``."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise InvalidParameterError(f"{what}: '{part}' is not key=value")
+        if key.strip() in out:
+            raise InvalidParameterError(f"{what}: '{key.strip()}' is given twice")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def field_names(params_cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(params_cls)]
 

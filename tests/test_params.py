@@ -269,3 +269,33 @@ def test_every_number_of_every_registered_component_declares_its_range(kind, nam
         value = getattr(params_cls(), f.name)
         items = value if isinstance(value, tuple) else (value,)
         assert bounds is None or all(bounds.holds(v) for v in items if isinstance(v, (int, float))), (name, f.name)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a=1,b=x", {"a": "1", "b": "x"}), (" a = 1 , ,b=", {"a": "1", "b": ""}), ("", {}), ("k=v=w", {"k": "v=w"}),
+])
+def test_the_one_key_value_parser(text, expected):
+    from bdtool.core.params import parse_key_values
+
+    assert parse_key_values(text, "opt") == expected
+
+
+@pytest.mark.parametrize("text, says", [("a", "'a' is not key=value"), ("=1", "'=1' is not key=value"),
+                                        ("a=1,a=2", "'a' is given twice")])
+def test_the_key_value_parser_refuses_in_one_line(text, says):
+    from bdtool.core.params import parse_key_values
+
+    with pytest.raises(InvalidParameterError, match=f"^opt: {says}$"):
+        parse_key_values(text, "opt")
+
+
+@pytest.mark.parametrize("args", [["--attack", "badnets:size"], ["--attack", "badnets:size=2,size=3"],
+                                  ["--defense", "ours:lam"], ["--dataset", "folder:/nonexistent:size=2,size=3"]])
+def test_every_key_value_list_of_the_cli_goes_through_it(args):
+    from click.testing import CliRunner
+
+    from bdtool.cli import main
+
+    result = CliRunner().invoke(main, ["compare", "--dry-run", *args])
+    assert result.exit_code == 2 and ("is not key=value" in result.stderr or "given twice" in result.stderr), \
+        result.output

@@ -24,6 +24,7 @@ from torch import nn
 
 import bdtool
 from bdtool.core import interrupts, tracking
+from bdtool.core.params import parse_key_values
 from bdtool.core.tracking.registry import Registration, register_version
 from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.errors import BdtoolError
@@ -194,7 +195,7 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan
         if config.target is None:
             raise BdtoolError("the trigger needs the target label it leads to: pass --target-label")
         name, _, options = config.attack.partition(":")
-        opts = dict(part.split("=", 1) for part in filter(None, options.split(",")))
+        opts = parse_key_values(options, "trigger")
         attack = build_attack(registries, name, opts, config.target)
         try:
             attack.apply(bundle.test.x[:1])

@@ -21,7 +21,7 @@ from typing import Any
 
 from bdtool.core.errors import InvalidParameterError
 from bdtool.core.interfaces import Defense, Knowledge, Repair
-from bdtool.core.params import coerce
+from bdtool.core.params import coerce, parse_key_values
 
 DEFAULT_REPAIR_LR = 1e-2
 """η the paper recommends (supplement Table 8); rows with another η show it in their label."""
@@ -76,14 +76,7 @@ class RowSpec:
 
 def split_row_text(text: str) -> tuple[str, dict[str, str]]:
     name, _, rest = text.strip().partition(":")
-    options: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise InvalidParameterError(f"--defense {text}: '{part}' is not key=value")
-        if key.strip() in options:
-            raise InvalidParameterError(f"--defense {text}: '{key.strip()}' is given twice")
-        options[key.strip()] = value.strip()
+    options = parse_key_values(rest, f"--defense {text}")
     if not name:
         raise InvalidParameterError(f"--defense '{text}': missing the defense name")
     return name.strip(), options

@@ -29,7 +29,7 @@ from bdtool.core.data import DataBundle
 from bdtool.core.errors import BdtoolError, DataNotFoundError
 from bdtool.core.interfaces import DatasetSource
 from bdtool.plugins.builtin.image_pixels import unit_pixels
-from bdtool.core.params import build_params, param
+from bdtool.core.params import build_params, parse_key_values, param
 from bdtool.core.tensors import LabeledTensors
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -54,7 +54,7 @@ def parse_location(location: str) -> tuple[Path, FolderOptions]:
     """``PATH`` or ``PATH:k=v,...`` -> (path, options)."""
     path, sep, rest = location.rpartition(":")
     if sep and rest and all("=" in part for part in rest.split(",")):
-        options = dict(part.split("=", 1) for part in rest.split(","))
+        options = parse_key_values(rest, "dataset folder")
         return Path(path).expanduser(), build_params(FolderOptions, options, owner="dataset folder")
     return Path(location).expanduser(), FolderOptions()
 
