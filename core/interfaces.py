@@ -281,11 +281,26 @@ class Defense(_Parametrised, ABC):
         if len(ctx.unlearn) == 0 and not self.needs_training_set:
             raise DefenseInputError(f"defense '{self.name}' needs at least one unlearning sample")
         work = copy.deepcopy(model).to(ctx.device)
-        return self.apply(work, ctx)
+        defended = self.apply(work, ctx)
+        bad = non_finite_tensor(defended)
+        if bad is not None:  # a diverged run is said, never scored
+            raise FloatingPointError(f"{self.name}: the defended model holds NaN/inf ({bad}); a training defense "
+                                     "diverged: lower its learning rate")
+        return defended.eval()
 
     @abstractmethod
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
-        """Defend ``model`` (already a private copy on ``ctx.device``) and return the result."""
+        """Defend ``model`` (already a private copy on ``ctx.device``) and return the result;
+        ``defend`` refuses it if it holds NaN/inf and returns it in eval mode (the template owns
+        both, so no defense repeats them)."""
+
+
+def non_finite_tensor(model: nn.Module) -> str | None:
+    """The name of the first floating tensor of ``model``'s state holding NaN or inf, else None."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 class Repair(_Parametrised, ABC):

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 import bdtool
-from bdtool.core.compute.modules import check_finite
 from bdtool.core.compute.training import metric_logger, train_loop
 from bdtool.core.interfaces import Attack, Defense, DefenseContext
 from bdtool.core.params import param
@@ -60,8 +59,7 @@ class ActualTriggerFineTuning(Defense):
         train_loop(model, data, self.params.train_config(), ctx.device, ctx.seed,
                    on_epoch=metric_logger(ctx.log_metric, "actft.{}"), progress=ctx.progress,
                    label="actFT fine-tuning")
-        check_finite(model, self.name)
-        return model.eval()
+        return model
 
 
 @bdtool.hookimpl

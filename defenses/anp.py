@@ -37,7 +37,7 @@ from torch.func import functional_call
 
 import bdtool
 from bdtool.core import interrupts
-from bdtool.core.compute.modules import check_finite, frozen_eval
+from bdtool.core.compute.modules import frozen_eval
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.params import param
@@ -91,8 +91,7 @@ class AdversarialNeuronPruning(Defense):
                 total += m.numel()
         ctx.log_metric("anp.pruned_neurons", float(pruned), None)
         ctx.log_metric("anp.pruned_fraction", pruned / total, None)
-        check_finite(model, self.name)
-        return model.eval()
+        return model
 
     def optimise_masks(self, model: nn.Module, layers: list[tuple[str, nn.Module]], ctx: DefenseContext) -> list[Tensor]:
         """ANP's mask optimisation (module docstring); returns one mask per BN layer, in [0, 1]."""

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bdtool
-from bdtool.core.compute.modules import check_finite, set_batchnorm_mode
+from bdtool.core.compute.modules import set_batchnorm_mode
 from bdtool.core.compute.training import LoopState, SGDParams, metric_logger, train_loop
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.experiment.evaluation import predict
@@ -156,8 +156,7 @@ class BaEraser(Defense):
                             progress=ctx.progress, label="BaEraser unlearning")
         ctx.log_metric("baeraser.epochs_run", float(result.epochs_run), None)
         ctx.log_metric("baeraser.steps_run", float(result.step), None)
-        check_finite(model, self.name)
-        return model.eval()
+        return model
 
 
 @bdtool.hookimpl

@@ -17,7 +17,6 @@ from typing import Callable, Literal
 from torch import nn
 
 import bdtool
-from bdtool.core.compute.modules import check_finite
 from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
 from bdtool.core.interfaces import Defense, DefenseContext
 
@@ -48,8 +47,7 @@ class BasicFineTuning(Defense):
         train_loop(model, ctx.unlearn, self.params.train_config(), ctx.device, ctx.seed,
                    on_epoch=metric_logger(ctx.log_metric, "basicft.{}"), progress=ctx.progress,
                    label="basicFT fine-tuning")
-        check_finite(model, self.name)
-        return model.eval()
+        return model
 
 
 @bdtool.hookimpl

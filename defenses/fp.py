@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 import bdtool
-from bdtool.core.compute.modules import ForwardCapture, check_finite, preserve_modes
+from bdtool.core.compute.modules import ForwardCapture, preserve_modes
 from bdtool.core.compute.training import metric_logger, train_loop
 from bdtool.core.experiment.evaluation import accuracy
 from bdtool.core.interfaces import Defense, DefenseContext
@@ -119,8 +119,7 @@ class FinePruning(Defense):
                        on_epoch=metric_logger(ctx.log_metric, "fp.{}"), progress=ctx.progress,
                        label="Fine-Pruning fine-tuning")
             silence_channels(conv, bn, pruned)
-        check_finite(model, self.name)
-        return model.eval()
+        return model
 
     @staticmethod
     def _snapshot(conv: nn.Conv2d, bn: nn.Module | None) -> list[Tensor]:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 import bdtool
 from bdtool.core import interrupts
-from bdtool.core.compute.modules import check_finite, preserve_modes
+from bdtool.core.compute.modules import preserve_modes
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.params import param
 
@@ -99,8 +99,7 @@ class IBAU(Defense):
                 ctx.log_metric("ibau.outer_loss", outer_sum / len(ctx.unlearn), rnd)
                 ctx.log_metric("ibau.pert_norm", float(delta.norm()), rnd)
                 ctx.progress("I-BAU unlearning", rnd, p.rounds)
-        check_finite(model, self.name)
-        return model.eval()
+        return model
 
     def universal_perturbation(self, model: nn.Module, ctx: DefenseContext, gen: torch.Generator) -> Tensor:
         """Step 1: one pass of SGD over D_U maximising the loss against the model's own predictions."""

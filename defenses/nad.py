@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bdtool
-from bdtool.core.compute.modules import ForwardCapture, check_finite
+from bdtool.core.compute.modules import ForwardCapture
 from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
@@ -130,8 +130,7 @@ class NeuralAttentionDistillation(Defense):
                        loss=distillation_loss, nesterov=True, lr_drop_epoch=params.lr_drop_epoch,
                        on_epoch=metric_logger(ctx.log_metric, "nad.{}"), progress=ctx.progress,
                        label="NAD attention distillation")
-        check_finite(model, self.name)
-        return model.eval()
+        return model
 
 
 @bdtool.hookimpl

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 import bdtool
 from bdtool.core import interrupts
-from bdtool.core.compute.modules import check_finite, frozen_eval
+from bdtool.core.compute.modules import frozen_eval
 from bdtool.core.compute.training import metric_logger, train_loop
 from bdtool.core.interfaces import Defense, DefenseContext, DetectionReport
 from bdtool.core.params import param
@@ -252,8 +252,7 @@ class NeuralCleanse(Defense):
         train_loop(model, data, p.train_config(), ctx.device, ctx.seed,
                    on_epoch=metric_logger(ctx.log_metric, "nc.unlearn_{}"), progress=ctx.progress,
                    label="Neural Cleanse unlearning")
-        check_finite(model, self.name)
-        return model.eval()
+        return model
 
 
 @bdtool.hookimpl

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import bdtool
-from bdtool.core.compute.modules import check_finite, is_batchnorm
+from bdtool.core.compute.modules import is_batchnorm
 from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.interfaces import Defense, DefenseContext
@@ -87,8 +87,7 @@ class Retraining(Defense):
         train_loop(fresh, ctx.train, config, ctx.device, ctx.seed,
                    on_epoch=metric_logger(ctx.log_metric, "retrain.{}"), progress=ctx.progress,
                    label="Retraining from scratch")
-        check_finite(fresh, self.name)
-        return fresh.eval()
+        return fresh
 
 
 @bdtool.hookimpl
