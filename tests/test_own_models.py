@@ -78,7 +78,8 @@ def test_exported_victim_given_back_has_the_same_before_metrics(mlflow_store, di
         import mlflow
 
         tracking.setup_tracking(mlflow_store)
-        version = mlflow.register_model(f"runs:/{digits_victim.run_id}/model-mlflow", f"victim-{uuid.uuid4().hex[:6]}")
+        logged = f"victim-{digits_victim.spec.victim_kind()}-{digits_victim.config_hash[:12]}"  # its LoggedModel
+        version = mlflow.register_model(f"runs:/{digits_victim.run_id}/{logged}", f"victim-{uuid.uuid4().hex[:6]}")
         source = f"models:/{version.name}/{version.version}"
     else:
         source = str(exported)

@@ -25,6 +25,7 @@ from torch import nn
 import bdtool
 from bdtool.core import interrupts, tracking
 from bdtool.core.params import parse_key_values
+from bdtool.core.tracking.models import logged_model_name
 from bdtool.core.tracking.registry import Registration, register_version
 from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.errors import BdtoolError
@@ -280,7 +281,11 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan
             timings["write_s"] = time.perf_counter() - t
             mlflow.log_artifact(str(output), artifact_path="defended")
             if config.log_model:
-                tracking.log_model(defended, holdout.x, "model")
+                tracking.log_model(defended, holdout.x, "model",
+                                   logged_name=f"defended-{logged_model_name(row.label, n, config.seed)}",
+                                   tags={tracking.DEFENSE_TAG: row.defense_name, tracking.ROW_TAG: row.label,
+                                         tracking.KNOWLEDGE_TAG: row.knowledge.value,
+                                         tracking.SOURCE_SHA256_TAG: weights.sha256})
             timings["total_s"] = time.perf_counter() - started
             mlflow.log_metrics({**_metrics("before_", before), **_metrics("", after), "defense_time_s": defense_time,
                                 **({"repair_time_s": repair_time} if repair_time is not None else {}),

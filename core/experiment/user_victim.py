@@ -58,7 +58,8 @@ def user_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Attac
             mlflow.log_metrics({"final_acc": before.acc, "final_asr": before.asr, "final_ctca": before.ctca,
                                 "final_min_class_acc": before.min_class_acc})
             mlflow.log_dict(before.to_dict(), "evaluation.json")
-            tracking.log_model(model, data.evaluation.x, "model")
+            tracking.log_model(model, data.evaluation.x, "model", logged_name=f"your-victim-{digest[:12]}",
+                               tags={VICTIM_HASH_TAG: digest, tracking.SOURCE_SHA256_TAG: weights.sha256})
             mlflow.set_tag(VICTIM_HASH_TAG, digest)  # last, as for a trained victim
         env.progress.message(f"your victim {spec.source} (sha256 {weights.sha256[:12]}, run {run.info.run_id}): "
                              f"ACC {before.acc:.3f}, ASR {before.asr:.3f}")

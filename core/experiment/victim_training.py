@@ -71,7 +71,8 @@ def train_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Atta
         mlflow.log_dict(before.to_dict(), "evaluation.json")
         mlflow.log_dict({"poisoned_indices": data.poisoned_indices.tolist(),
                          "noise_indices": data.noise_indices.tolist()}, "poisoned_indices.json")
-        tracking.log_model(model, data.evaluation.x, "model")
+        tracking.log_model(model, data.evaluation.x, "model", logged_name=f"victim-{spec.victim_kind()}-{digest[:12]}",
+                           tags={VICTIM_HASH_TAG: digest, "bdtool.attack": spec.attack, "bdtool.dataset": spec.dataset})
         # The hash tag is set last: only a completely logged victim is ever found by the cache.
         mlflow.set_tag(VICTIM_HASH_TAG, digest)
     return Victim(spec, digest, attack, bundle, data, model, before, run.info.run_id, False, seconds, train_config)
