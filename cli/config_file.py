@@ -18,6 +18,9 @@ from typing import Any
 
 import click
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def _flag(param: click.Parameter) -> str:
     return max(param.opts, key=len).lstrip("-") if isinstance(param, click.Option) else str(param.name)
 
@@ -28,6 +31,11 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
         return None
     path = Path(value).expanduser()
     try:
+        if not path.is_file():  # /dev/zero or a FIFO would be read forever
+            raise click.BadParameter(f"{value} is not a regular file", ctx, param)
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise click.BadParameter(f"{value} is larger than {MAX_CONFIG_BYTES // 1024} KiB; a comparison's TOML is "
+                                     "a few lines", ctx, param)
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise click.BadParameter(f"cannot read {value} ({exc.strerror or exc})", ctx, param) from None

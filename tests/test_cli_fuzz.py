@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 import cli_surface
 
 SLOTS = cli_surface.all_slots()
-CI_VALUES = ["-1", "0", "2147483648", "nan", "1e309", "", "a\nb", "\x1b[31mred", "a" * 5000, "/dev/null", "名前",
-             ",", "=x"]
+CI_VALUES = ["-1", "0", "2147483648", "nan", "1e309", "", "a\nb", "\x1b[31mred", "a" * 5000, "/dev/null", "/dev/zero",
+             "名前", ",", "=x"]
 
 
 @pytest.fixture(scope="module")
