@@ -82,7 +82,7 @@ class BdtoolGroup(click.Group):
                 interrupts.check()  # a signal whose raise was swallowed after the last run still counts
                 return result
             except (InvalidParameterError, UnknownNameError) as exc:  # a usage error: exit 2, as click's
-                raise OneLineUsageError(one_line(str(exc))) from None
+                raise OneLineUsageError(one_line(str(exc) + stale_hint(exc))) from None
             except BdtoolError as exc:
                 raise click.ClickException(one_line(str(exc))) from None
             except click.UsageError as exc:  # one line too, still exit 2 (click's code for usage errors)
@@ -97,6 +97,17 @@ class BdtoolGroup(click.Group):
                 end_active_runs("KILLED")
                 click.echo(f"interrupted by {name_of(exc)}: open MLflow runs were marked KILLED", err=True)
                 raise click.exceptions.Exit(exit_code_of(exc)) from None
+
+
+def stale_hint(exc: Exception) -> str:
+    """For an unknown name on a stale install (built-in entry points missing from its metadata):
+    the fix, on the same line."""
+    if not isinstance(exc, UnknownNameError):
+        return ""
+    from bdtool.plugins.manager import STALE
+
+    missing = [f.name for f in get_registries().failures if f.error == STALE]
+    return f"; this install is stale (built-in plugins {', '.join(missing)} {STALE})" if missing else ""
 
 
 def one_line(text: str) -> str:

@@ -14,6 +14,17 @@ from bdtool.plugins import hookspecs
 GROUP = "bdtool"
 ENV_RESTRICT = "BDTOOL_PLUGINS"
 
+BUILTIN_ENTRY_POINTS = (
+    "datasets", "models", "attacks", "sig", "wanet", "lc", "metrics", "sweeps", "ours", "ours-proj",
+    "finetune-repair", "basicft", "actft", "nad", "baeraser", "retrain", "suppress-target", "fp", "anp", "nc",
+    "ibau",
+)
+"""The entry points bdtool's own distribution declares (pyproject.toml; tests/test_plugins.py keeps
+the two the same). One missing from the installed metadata means a stale install: metadata written
+by an older version than the code (an editable install not re-run after a pull)."""
+STALE = "missing from this install's entry points (the installed metadata is older than the code): reinstall, " \
+        "e.g. pip install -e ."
+
 
 @dataclass(frozen=True)
 class PluginInfo:
@@ -76,4 +87,17 @@ def load_plugins() -> LoadedPlugins:
             pm.register(module, name=ep.name)
             plugins.append(PluginInfo(ep.name, ep.value, dist_name, dist.version))
     pm.check_pending()
+    failures += stale_builtins(allowed)
     return LoadedPlugins(pm, plugins, failures)
+
+
+def stale_builtins(allowed: set[str] | None = None) -> list[PluginFailure]:
+    """A failure for each built-in entry point the installed ``bdtool`` distribution lacks (none when
+    bdtool runs without installed metadata)."""
+    try:
+        dist = metadata.distribution("bdtool")
+    except metadata.PackageNotFoundError:
+        return []
+    declared = {ep.name for ep in dist.entry_points if ep.group == GROUP}
+    return [PluginFailure(name, "bdtool", STALE) for name in BUILTIN_ENTRY_POINTS
+            if name not in declared and (allowed is None or name in allowed)]

@@ -130,3 +130,63 @@ def test_unknown_defense_after_loading_suggests_close_matches(site):
         regs.defenses.get("noop-defence")
     assert "did you mean 'noop-defense'?" in str(info.value)
     assert "noop-defense" in str(info.value).split("Known:")[1]
+
+
+def test_the_builtin_entry_points_are_those_pyproject_declares():
+    import tomllib
+    from pathlib import Path
+
+    from bdtool.plugins.manager import BUILTIN_ENTRY_POINTS
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert set(BUILTIN_ENTRY_POINTS) == set(project["entry-points"]["bdtool"])
+
+
+def test_this_install_is_not_stale():
+    from bdtool.plugins.manager import stale_builtins
+
+    assert stale_builtins() == []
+
+
+def test_a_stale_install_says_so_with_the_fix(monkeypatch):
+    """Metadata older than the code (a built-in's entry point missing, as after a pull without
+    re-running pip install -e .): the unknown name's line says the install is stale and how to fix it;
+    bdtool plugins lists the missing entry point as failed."""
+    import json
+    from importlib import metadata
+
+    from click.testing import CliRunner
+
+    from bdtool.cli import main
+    from bdtool.plugins import reset_registries
+
+    real_distributions, real_distribution = metadata.distributions, metadata.distribution
+
+    class Stale:
+        def __init__(self, dist):
+            self._dist = dist
+
+        def __getattr__(self, name):
+            return getattr(self._dist, name)
+
+        @property
+        def entry_points(self):
+            return [ep for ep in self._dist.entry_points if not (ep.group == "bdtool" and ep.name == "nc")]
+
+    def wrap(dist):
+        return Stale(dist) if (dist.metadata["Name"] or "") == "bdtool" else dist
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(metadata, "distributions", lambda: [wrap(d) for d in real_distributions()])
+            patch.setattr(metadata, "distribution", lambda name: wrap(real_distribution(name)))
+            reset_registries()
+            result = CliRunner().invoke(main, ["compare", "--dry-run", "--defense", "nc"])
+            lines = result.stderr.strip().splitlines()
+            assert result.exit_code == 2 and len(lines) == 1, result.output
+            assert "unknown defense 'nc'" in lines[0] and "this install is stale" in lines[0]
+            assert "pip install -e ." in lines[0]
+            failed = json.loads(CliRunner().invoke(main, ["plugins", "--json"]).stdout)["failed"]
+            assert [f["name"] for f in failed] == ["nc"]
+    finally:
+        reset_registries()
