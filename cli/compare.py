@@ -106,6 +106,7 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
 def register_best_run(payload: dict[str, Any], registration, json_: bool) -> str | None:
     """``--register-best``: the best row's best run (``registry.best_run``) as a registered model
     version, tagged; one line on stderr when nothing can be registered (the table stands)."""
+    from bdtool.core import tracking
     from bdtool.core.errors import BdtoolError
     from bdtool.core.experiment.evaluation import to_mlflow_units
     from bdtool.core.tracking.registry import best_run, register_version
@@ -115,9 +116,9 @@ def register_best_run(payload: dict[str, Any], registration, json_: bool) -> str
         run = best_run(payload)
         meta = payload.get("meta", {})
         version = register_version(registration, f"runs:/{run['run_id']}/model", run["run_id"], {
-            "bdtool.defense": run["defense"], "bdtool.row": run["label"], "bdtool.knowledge": run["knowledge"],
-            "bdtool.n": run["n"], "bdtool.seed": run["seed"], "bdtool.victim_hash": meta.get("victim_hash"),
-            "bdtool.victim_run_id": meta.get("victim_run_id"), "bdtool.comparison_run_id": payload["parent_run_id"],
+            tracking.DEFENSE_TAG: run["defense"], tracking.ROW_TAG: run["label"],
+            tracking.KNOWLEDGE_TAG: run["knowledge"], "bdtool.n": run["n"], "bdtool.seed": run["seed"],
+            tracking.VICTIM_HASH_TAG: meta.get("victim_hash"), tracking.VICTIM_RUN_TAG: meta.get("victim_run_id"), "bdtool.comparison_run_id": payload["parent_run_id"],
             **{f"bdtool.{k}": v for k, v in to_mlflow_units(get_registries().metrics, {
                 k: v for k, v in (run.get("metrics") or {}).items() if v is not None}).items()}})
     except BdtoolError as exc:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bdtool.cli.main import emit_json, main, make_env
+from bdtool.cli.main import emit_json, main, make_env, say_plan
 from bdtool.cli.completion import plugin_names
 from bdtool.cli.options import CLASS, COUNT, SEED, dry_run_option, experiment_option, tracking_uri_option
 from bdtool.cli.preflight import preflight
@@ -85,12 +85,9 @@ def defend(model_file, architecture, data, row, target_label, trigger_image, tri
                           log_model=not no_log_models, register=registration, dry_run=dry_run)
     if dry_run:
         plan = defend_model(config, env)
-        if json_:
-            emit_json(plan.to_dict())
-        else:
-            click.echo(f"dry run: {plan.row} (knowledge {plan.knowledge}) on {plan.n_unlearn} clean images of "
-                       f"{model_file} (sha256 {plan.weights_sha256[:12]}), {plan.n_holdout} held out, {plan.classes} "
-                       f"classes; would write {plan.output}; every input checked, nothing run")
+        say_plan(plan.to_dict(), f"{plan.row} (knowledge {plan.knowledge}) on {plan.n_unlearn} clean images of "
+                 f"{model_file} (sha256 {plan.weights_sha256[:12]}), {plan.n_holdout} held out, {plan.classes} "
+                 f"classes; would write {plan.output}", json_)
         return
     report_orphans(tracking_uri)
     result = defend_model(config, env)

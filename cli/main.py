@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 import bdtool
-from bdtool.cli.options import dry_run_option, env_options, parse_key_values, victim_options
+from bdtool.cli.options import dry_run_option, env_options, victim_options
 from bdtool.cli.preflight import preflight
 from bdtool.core import interrupts
 from bdtool.core.compute.device import resolve_device
@@ -28,7 +28,7 @@ from bdtool.core.experiment.progress import ProgressPrinter
 from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.victim import get_victim
 from bdtool.core.experiment.victim_spec import VictimSpec
-from bdtool.core.params import params_to_dict
+from bdtool.core.params import params_to_dict, parse_key_values
 from bdtool.plugins import get_registries
 
 
@@ -184,6 +184,14 @@ def make_spec(dataset: str, model: str, attack: str, target: int, poison_rate: f
                       target=target, poison_rate=poison_rate, seed=victim_seed, epochs=epochs, source=source)
 
 
+def say_plan(plan: dict[str, Any], line: str, json_: bool) -> None:
+    """A ``--dry-run``'s plan: as JSON with ``--json``, else its one line (``line`` says what would run)."""
+    if json_:
+        emit_json(plan)
+    else:
+        click.echo(f"dry run: {line}; every input checked, nothing run")
+
+
 def emit_json(payload: Any) -> None:
     """Strict JSON on stdout (NaN becomes null)."""
     from bdtool.core.experiment.report import json_safe
@@ -215,14 +223,10 @@ def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, devi
     bundle = load_dataset(spec.dataset, env)
     _, recipe = check_victim_spec(spec, env, bundle)
     if dry_run:
-        plan = {"dry_run": True, "dataset": spec.dataset, "model": spec.model, "attack": spec.attack,
-                "target": spec.target, "poison_rate": spec.poison_rate, "seed": spec.seed, "epochs": recipe.epochs}
-        if json_:
-            emit_json(plan)
-        else:
-            click.echo(f"dry run: a {spec.victim_kind()} {spec.dataset}/{spec.model} victim ({spec.attack} target "
-                       f"{spec.target}, poison rate {spec.poison_rate}, {recipe.epochs} epochs); every input checked, "
-                       "nothing trained")
+        say_plan({"dry_run": True, "dataset": spec.dataset, "model": spec.model, "attack": spec.attack,
+                  "target": spec.target, "poison_rate": spec.poison_rate, "seed": spec.seed, "epochs": recipe.epochs},
+                 f"would train a {spec.victim_kind()} {spec.dataset}/{spec.model} victim ({spec.attack} target "
+                 f"{spec.target}, poison rate {spec.poison_rate}, {recipe.epochs} epochs)", json_)
         return
     report_orphans(tracking_uri)
     victim = get_victim(spec, env, retrain=retrain, bundle=bundle)

@@ -8,6 +8,7 @@ import click
 
 from bdtool.cli.completion import plugin_names
 from bdtool.core.compute.device import DEVICE_CHOICES
+from bdtool.core.params import INT_LIMIT
 
 F = Callable[..., Any]
 
@@ -20,9 +21,6 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 
     return apply
 
-
-INT_LIMIT = 2**31 - 1
-"""Largest integer any option takes (bdtool.core.params.INT_LIMIT: what torch and numpy take)."""
 
 SEED = click.IntRange(min=0, max=INT_LIMIT)
 """A seed torch, numpy and Python's random all take (torch's generator overflows past 2⁶³, numpy's
@@ -85,14 +83,6 @@ tracking_uri_option = click.option(
 experiment_option = click.option(
     "--experiment", default="bdtool", show_default=True, type=ExperimentName(), envvar=EXPERIMENT_ENV,
     show_envvar=True, help="MLflow experiment name.")
-
-
-def parse_key_values(text: str, what: str) -> dict[str, str]:
-    """``k=v,k2=v2`` -> dict (``bdtool.core.params.parse_key_values``); a malformed pair is a
-    usage error naming it."""
-    from bdtool.core.params import parse_key_values as parse
-
-    return parse(text, what)
 
 
 victim_options = _stack(

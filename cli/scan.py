@@ -8,7 +8,7 @@ import time
 
 import click
 
-from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
+from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans, say_plan
 from bdtool.cli.options import INT_LIMIT, SEED, dry_run_option, env_options, victim_options, victim_source_option
 from bdtool.cli.preflight import preflight
 
@@ -50,13 +50,10 @@ def scan(dataset, model, attack, target, poison_rate, victim_seed, epochs, victi
     if samples > pool:
         raise BdtoolError(f"--samples {samples}: the unseen pool holds only {pool} samples; use a smaller --samples")
     if dry_run:
-        plan = {"dry_run": True, "dataset": spec.dataset, "model": spec.model, "samples": samples, "seed": seed,
-                "pool": pool, "victim_kind": spec.victim_kind(), "source": spec.source}
-        if json_:
-            emit_json(plan)
-        else:
-            click.echo(f"dry run: a scan of the {spec.victim_kind()} {spec.dataset}/{spec.model} victim on {samples} of "
-                       f"{pool} unseen samples (draw {seed}); every input checked, nothing run")
+        say_plan({"dry_run": True, "dataset": spec.dataset, "model": spec.model, "samples": samples, "seed": seed,
+                  "pool": pool, "victim_kind": spec.victim_kind(), "source": spec.source},
+                 f"a scan of the {spec.victim_kind()} {spec.dataset}/{spec.model} victim on {samples} of {pool} "
+                 f"unseen samples (draw {seed})", json_)
         return
     report_orphans(tracking_uri)
     loaded = get_victim(spec, env, bundle=bundle)

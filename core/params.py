@@ -139,11 +139,11 @@ def build_params(params_cls: type[P], values: Mapping[str, Any], owner: str) -> 
         params = params_cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise InvalidParameterError(f"{owner}: {exc}", owner=owner) from None
-    validate = getattr(params, "validate", None)
     try:
         check_ranges(params)
     except ValueError as exc:
         raise InvalidParameterError(f"{owner}: {exc}", owner=owner) from None
+    validate = getattr(params, "validate", None)
     if callable(validate):
         try:
             validate()

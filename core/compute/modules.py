@@ -10,6 +10,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from bdtool.core.interfaces import non_finite_tensor
+
 BATCHNORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
 """Every BatchNorm flavour (1d/2d/3d, SyncBatchNorm, the lazy ones): their common base class."""
 
@@ -57,9 +59,9 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
 
 def check_finite(model: nn.Module, owner: str) -> None:
     """Refuse to return a model with NaN/inf weights (a diverged run) — say so instead."""
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise FloatingPointError(f"{owner}: training diverged ({name} holds NaN/inf); lower the learning rate")
+    name = non_finite_tensor(model)
+    if name is not None:
+        raise FloatingPointError(f"{owner}: training diverged ({name} holds NaN/inf); lower the learning rate")
 
 
 class ForwardCapture:

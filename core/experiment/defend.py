@@ -293,8 +293,8 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan
             registered = None
             if config.register is not None:
                 version = register_version(config.register, f"runs:/{run_id}/defended", run_id, {
-                    "bdtool.defense": row.defense_name, "bdtool.row": row.label,
-                    "bdtool.knowledge": row.knowledge.value, "bdtool.n": n, "bdtool.seed": config.seed,
+                    tracking.DEFENSE_TAG: row.defense_name, tracking.ROW_TAG: row.label,
+                    tracking.KNOWLEDGE_TAG: row.knowledge.value, "bdtool.n": n, "bdtool.seed": config.seed,
                     "bdtool.source_sha256": weights.sha256, "bdtool.dataset": config.dataset,
                     **{f"bdtool.{k}": v for k, v in _metrics("", after).items()}})
                 registered = f"{config.register.uri} (version {version})"

@@ -70,16 +70,22 @@ def score(after: EvalResult, before: EvalResult) -> float:
     return 100.0 * (after.acc / before.acc) * max(0.0, 1.0 - after.asr / before.asr)
 
 
+def _mlflow_scales(metric_classes: Iterable[Any]) -> dict[str, float]:
+    """Metric name -> ``Metric.mlflow_scale`` (registry entries or Metric classes)."""
+    classes = [getattr(m, "obj", m) for m in metric_classes]
+    return {cls.name: getattr(cls, "mlflow_scale", 1.0) for cls in classes}
+
+
 def to_mlflow_units(metric_classes: Iterable[Any], values: dict[str, float]) -> dict[str, float]:
     """``values`` (metric name -> value, as computed) in MLflow's units (``Metric.mlflow_scale``);
     keys that are no metric's (times, per-class accuracies) unchanged."""
-    scale = {getattr(m, "obj", m).name: getattr(getattr(m, "obj", m), "mlflow_scale", 1.0) for m in metric_classes}
+    scale = _mlflow_scales(metric_classes)
     return {k: v * scale.get(k, 1.0) for k, v in values.items()}
 
 
 def from_mlflow_units(metric_classes: Iterable[Any], values: dict[str, float]) -> dict[str, float]:
     """The inverse of :func:`to_mlflow_units` (a run's metrics read back, ``--resume``)."""
-    scale = {getattr(m, "obj", m).name: getattr(getattr(m, "obj", m), "mlflow_scale", 1.0) for m in metric_classes}
+    scale = _mlflow_scales(metric_classes)
     return {k: v / scale.get(k, 1.0) for k, v in values.items()}
 
 

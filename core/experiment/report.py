@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import math
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from bdtool.core.experiment.evaluation import compute_metrics, to_mlflow_units
 from bdtool.core.experiment.output import atomic_target, write_text_atomic
 from bdtool.core.experiment.rows import RowSpec
+from bdtool.core.tracking.models import label_slug
 
 if TYPE_CHECKING:
     from bdtool.core.experiment.compare_config import CompareConfig
@@ -210,10 +210,9 @@ def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareCo
 
 
 def row_key(label: str, n: int | None) -> str:
-    """A row's prefix in the parent run's metrics: its label in lower case, each run of other
-    characters than letters, digits and ``-`` made one ``_``, then ``.n<N>``
-    (``Ours-proj (none)``, n = 50 -> ``ours-proj_none.n50``)."""
-    slug = re.sub(r"[^a-z0-9-]+", "_", label.lower()).strip("_") or "row"
+    """A row's prefix in the parent run's metrics: its label as ``label_slug`` makes it, then
+    ``.n<N>`` (``Ours-proj (none)``, n = 50 -> ``ours-proj_none.n50``)."""
+    slug = label_slug(label)
     return slug if n is None else f"{slug}.n{n}"
 
 

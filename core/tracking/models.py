@@ -48,13 +48,19 @@ def log_model(model: nn.Module, example: torch.Tensor, name: str = "model", logg
     return getattr(info, "model_id", None)
 
 
+def label_slug(label: str) -> str:
+    """A row label as a name MLflow takes anywhere (metric keys, LoggedModel names): lower case,
+    each run of characters other than letters, digits and ``-`` made one ``_``
+    (``Ours-proj (none)`` -> ``ours-proj_none``)."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "_", label.lower()).strip("_") or "row"
+
+
 def logged_model_name(row_label: str, n: int, seed: int) -> str:
     """A defended model's LoggedModel name: its row, n and seed (``ours-proj_none-n50-seed0``), in the
     characters MLflow allows in a LoggedModel name (no ``/ : . % " '``)."""
-    import re
-
-    slug = re.sub(r"[^a-z0-9-]+", "_", row_label.lower()).strip("_") or "row"
-    return f"{slug}-n{n}-seed{seed}"
+    return f"{label_slug(row_label)}-n{n}-seed{seed}"
 
 
 def download_state_dict(run_id: str, name: str = "model") -> dict[str, torch.Tensor]:
