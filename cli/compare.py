@@ -44,7 +44,7 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     from bdtool.core.interfaces import Knowledge
     from bdtool.core.experiment.rows import parse_rows
     from bdtool.core.experiment.runner import CompareConfig, failed_outcomes, failure_details, run_comparison
-    from bdtool.core.experiment.components import dataset_source
+    from bdtool.core.experiment.components import check_model_name, dataset_source
 
     registries = env.registries
     # Validate everything before any work starts or any run is created.
@@ -52,7 +52,7 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     for name in metrics or []:
         registries.metrics.get(name)
     dataset_source(registries, spec.dataset)
-    registries.models.get(spec.model)
+    check_model_name(registries, spec.model)
     registries.attacks.get(spec.attack)
     config = CompareConfig(spec=spec, rows=rows, samples=samples, seeds=seeds, log_models=log_models,
                            output_dir=output, metrics=list(metrics or []), resume=resume,
@@ -180,7 +180,7 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
 @dry_run_option
 @config_option
 def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models, register_best, resume, victim, dataset,
-            model, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri,
+            model, model_arg, normalize, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri,
             experiment, json_, executor, ray_address, gpus_per_task, cpus_per_task, dry_run, config) -> None:
     """Compare defenses on one victim: Score, ASR, ACC, CTCA and time, tracked in MLflow.
 
@@ -195,7 +195,7 @@ def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models,
     from bdtool.core.experiment.rows import default_rows_under
     from bdtool.core.interfaces import Knowledge
 
-    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs, victim)
+    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs, victim, model_arg, normalize)
     registration = None
     if register_best:
         from bdtool.core.errors import BdtoolError

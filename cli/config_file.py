@@ -71,6 +71,7 @@ def comparison_toml(rows: list[str], samples: list[int], seeds: int, knowledge: 
     attack = spec.attack + (":" + ",".join(f"{k}={v}" for k, v in spec.attack_options) if spec.attack_options else "")
     values = {"defense": list(rows), "samples": list(samples), "seeds": seeds, "knowledge": knowledge,
               "metric": list(metrics), "victim": spec.source, "dataset": spec.dataset, "model": spec.model,
+              "model-arg": [f"{k}={v}" for k, v in spec.model_args], "normalize": spec.normalize,
               "attack": attack, "target": spec.target, "poison-rate": spec.poison_rate, "victim-seed": spec.seed,
               "epochs": spec.epochs}
     lines = ["# a bdtool comparison: bdtool compare --config FILE"]

@@ -20,7 +20,13 @@ def _pct(value: float | None) -> str:
 @main.command()
 @click.argument("model_file", metavar="MODEL_FILE")
 @click.option("--model", "architecture", default="small-cnn", show_default=True, shell_complete=plugin_names("models"),
-              help="The architecture MODEL_FILE was trained as (bdtool list models).")
+              help="The architecture MODEL_FILE was trained as: a name (bdtool list models) or MODULE:CALLABLE "
+                   "(docs/own-models.md).")
+@click.option("model_arg", "--model-arg", multiple=True, metavar="KEY=VALUE",
+              help="An argument of a MODULE:CALLABLE model (repeatable).")
+@click.option("--normalize", default=None, metavar="MEAN,STD|PRESET",
+              help="The model was trained behind Normalize(mean, std): MEAN,STD, per channel M1,M2,M3,S1,S2,S3, "
+                   "or imagenet, cifar10, mnist, fashion-mnist.")
 @click.option("--data", "data", required=True, metavar="FOLDER[:size=N,channels=C,test=0.3]",
               help="Clean images, one folder per class (or train/ and test/ with class folders); the test part "
                    "(30 % of each class without train/ and test/) is held out to measure the result.")
@@ -48,7 +54,7 @@ def _pct(value: float | None) -> str:
 @experiment_option
 @click.option("json_", "--json", is_flag=True, help="Print machine-readable JSON on stdout and nothing else.")
 @dry_run_option
-def defend(model_file, architecture, data, row, target_label, trigger_image, trigger_mask, samples, seed, output,
+def defend(model_file, architecture, model_arg, normalize, data, row, target_label, trigger_image, trigger_mask, samples, seed, output,
            no_log_models, register, device, tracking_uri, experiment, json_, dry_run) -> None:
     """Defend MODEL_FILE (.safetensors or a state dict; never unpickled) with clean images; write the
     defended model as .safetensors and log an MLflow run.
@@ -80,7 +86,10 @@ def defend(model_file, architecture, data, row, target_label, trigger_image, tri
                 raise BdtoolError(f"{what} {path}: a path with ',' or '=' cannot be passed on; rename the file")
         attack = f"image:trigger={trigger_image}" + (f",mask={trigger_mask}" if trigger_mask else "")
     env = make_env(device, None, False, tracking_uri, experiment, quiet=json_)
-    config = DefendConfig(weights=model_file, model=architecture, dataset=f"folder:{data}", output=output, row=row,
+    from bdtool.core.experiment.model_source import parse_model_args
+
+    config = DefendConfig(weights=model_file, model=architecture, model_args=parse_model_args(model_arg),
+                          normalize=normalize, dataset=f"folder:{data}", output=output, row=row,
                           target=target_label, attack=attack, samples=samples, seed=seed,
                           log_model=not no_log_models, register=registration, dry_run=dry_run)
     if dry_run:

@@ -177,9 +177,13 @@ def make_env(device: str, data_dir: str | None, download: bool, tracking_uri: st
 
 
 def make_spec(dataset: str, model: str, attack: str, target: int, poison_rate: float, victim_seed: int,
-              epochs: int | None, source: str | None = None):
+              epochs: int | None, source: str | None = None, model_arg: tuple[str, ...] = (),
+              normalize: str | None = None):
+    from bdtool.core.experiment.model_source import parse_model_args
+
     name, _, options = attack.partition(":")
-    return VictimSpec(dataset=dataset, model=model, attack=name,
+    return VictimSpec(dataset=dataset, model=model, model_args=parse_model_args(model_arg), normalize=normalize,
+                      attack=name,
                       attack_options=tuple(sorted(parse_key_values(options, "--attack").items())),
                       target=target, poison_rate=poison_rate, seed=victim_seed, epochs=epochs, source=source)
 
@@ -204,8 +208,8 @@ def emit_json(payload: Any) -> None:
 @env_options
 @click.option("--retrain", is_flag=True, help="Train again even if a cached victim exists.")
 @dry_run_option
-def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, device, data_dir, download,
-          tracking_uri, experiment, json_, retrain, dry_run) -> None:
+def train(dataset, model, model_arg, normalize, attack, target, poison_rate, victim_seed, epochs, device, data_dir,
+          download, tracking_uri, experiment, json_, retrain, dry_run) -> None:
     """Train (or reuse) the poisoned victim model and log it to MLflow.
 
     \b
@@ -219,7 +223,7 @@ def train(dataset, model, attack, target, poison_rate, victim_seed, epochs, devi
 
     preflight(tracking_uri)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
-    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs)
+    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs, None, model_arg, normalize)
     bundle = load_dataset(spec.dataset, env)
     _, recipe = check_victim_spec(spec, env, bundle)
     if dry_run:

@@ -89,7 +89,16 @@ victim_options = _stack(
     click.option("--dataset", default="digits", show_default=True, shell_complete=plugin_names("datasets"),
                  help="Dataset name (bdtool list datasets)."),
     click.option("--model", default="small-cnn", show_default=True, shell_complete=plugin_names("models"),
-                 help="Model architecture name."),
+                 help="Model architecture: a name (bdtool list models) or MODULE:CALLABLE, any importable callable "
+                      "that returns a torch.nn.Module (torchvision.models:resnet18, mynets:Net, nets.py:Net; "
+                      "docs/own-models.md)."),
+    click.option("model_arg", "--model-arg", multiple=True, metavar="KEY=VALUE",
+                 help="An argument of a MODULE:CALLABLE model, a Python literal or text (repeatable: "
+                      "--model-arg num_classes=10 --model-arg in_channels=1)."),
+    click.option("--normalize", default=None, metavar="MEAN,STD|PRESET",
+                 help="The model was trained behind Normalize(mean, std): MEAN,STD, per channel "
+                      "M1,M2,M3,S1,S2,S3, or imagenet, cifar10, mnist, fashion-mnist; images and triggers stay in "
+                      "[0, 1]."),
     click.option("--attack", default="badnets", show_default=True, shell_complete=plugin_names("attacks", True),
                  help="Attack name, optionally NAME:k=v,..."),
     click.option("--target", default=0, show_default=True, type=CLASS, help="Backdoor target class."),

@@ -22,7 +22,7 @@ from bdtool.cli.preflight import preflight
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Which draw of D_U (and the search's sampling).")
 @dry_run_option
-def scan(dataset, model, attack, target, poison_rate, victim_seed, epochs, victim, device, data_dir, download,
+def scan(dataset, model, model_arg, normalize, attack, target, poison_rate, victim_seed, epochs, victim, device, data_dir, download,
          tracking_uri, experiment, json_, samples, seed, dry_run) -> None:
     """Say whether the model holds a backdoor, and which class it points at, from clean samples alone.
 
@@ -39,7 +39,8 @@ def scan(dataset, model, attack, target, poison_rate, victim_seed, epochs, victi
 
     preflight(tracking_uri)
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
-    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs, source=victim)
+    spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs, source=victim, model_arg=model_arg,
+                     normalize=normalize)
     from bdtool.core.experiment.components import load_dataset
     from bdtool.core.experiment.splits import split_test
     from bdtool.core.experiment.victim import check_victim_spec

@@ -50,8 +50,8 @@ class SweepCommand(click.Command):
 @executor_options
 @dry_run_option
 @config_option
-def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset, model, attack, target, poison_rate,
-          victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_, executor, ray_address,
+def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset, model, model_arg, normalize, attack,
+          target, poison_rate, victim_seed, epochs, device, data_dir, download, tracking_uri, experiment, json_, executor, ray_address,
           gpus_per_task, cpus_per_task, dry_run, config) -> None:
     """Run a named grid (PRESET) as one comparison per target or per victim; the presets are
     listed below (bdtool list sweeps: with their rows, sizes and targets).
@@ -80,21 +80,22 @@ def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset
                    err=True)
     targets = grid.targets if len(grid.targets) > 1 else [target]
     if dry_run:
-        specs = ([make_spec(dataset, model, item.attack, item.target, item.poison_rate, item.seed, epochs)
-                  for item in grid.victims] if grid.victims else
-                 [make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs, victim) for t in targets])
+        specs = ([make_spec(dataset, model, item.attack, item.target, item.poison_rate, item.seed, epochs, None,
+                            model_arg, normalize) for item in grid.victims] if grid.victims else
+                 [make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs, victim, model_arg, normalize)
+                  for t in targets])
         return sweep_dry_run(grid, sizes, seeds, specs, env, output, json_, executor, ray_address, gpus_per_task,
                              cpus_per_task)
     if grid.victims:
         return sweep_victims(grid, sizes, seeds, output, no_log_models, resume, dataset, model, epochs, env, json_,
-                             executor, ray_address, gpus_per_task, cpus_per_task)
+                             executor, ray_address, gpus_per_task, cpus_per_task, model_arg, normalize)
     if not json_:
         click.echo(f"{grid.description}: {len(grid.rows)} rows × n {sizes} × {seeds} seed(s) × target(s) {targets}")
     results = []
     runner = make_executor(executor, ray_address, gpus_per_task, cpus_per_task)
     try:
         for t in targets:
-            spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs, victim)
+            spec = make_spec(dataset, model, attack, t, poison_rate, victim_seed, epochs, victim, model_arg, normalize)
             out = str(Path(output) / f"target{t}") if output and len(targets) > 1 else output
             results.append(compare_and_report(grid.rows, sizes, seeds, "trigger", spec, env, out, json_,
                                               not no_log_models, executor=runner, resume="auto" if resume else None))
@@ -116,7 +117,7 @@ def sweep(preset, samples, seeds, output, no_log_models, resume, victim, dataset
 
 
 def sweep_victims(grid, sizes, seeds, output, no_log_models, resume, dataset, model, epochs, env, json_, executor,
-                  ray_address, gpus_per_task, cpus_per_task) -> None:
+                  ray_address, gpus_per_task, cpus_per_task, model_arg=(), normalize=None) -> None:
     """A preset over victims (``Sweep.victims``): one comparison per victim, then the summary over
     victims per victim kind (``victim_summary``)."""
     from bdtool.core.experiment.sweep_summary import format_victim_summary, victim_summary
@@ -130,7 +131,8 @@ def sweep_victims(grid, sizes, seeds, output, no_log_models, resume, dataset, mo
         for item in grid.victims:
             if not json_:
                 click.echo(f"\n== {item.label}")
-            spec = make_spec(dataset, model, item.attack, item.target, item.poison_rate, item.seed, epochs)
+            spec = make_spec(dataset, model, item.attack, item.target, item.poison_rate, item.seed, epochs, None,
+                             model_arg, normalize)
             out = str(Path(output) / item.folder) if output else None
             payload = compare_and_report(grid.rows, sizes, seeds, "trigger", spec, env, out, json_, not no_log_models,
                                          executor=runner, resume="auto" if resume else None)

@@ -25,4 +25,11 @@ class DataBundle:
 
     @property
     def image_size(self) -> int:
-        return int(self.train.x.shape[-1])
+        """The side of a square image; for a non-square one (a folder's ``size=HxW``) the shorter
+        side, which is what the built-in architectures size their pooling by."""
+        return min(self.image_shape)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(height, width)."""
+        return int(self.train.x.shape[-2]), int(self.train.x.shape[-1])

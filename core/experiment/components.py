@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from bdtool.core.compute.normalization import Normalization, normalize_inputs, parse_normalization
 from bdtool.core.data import DataBundle
 from bdtool.core.errors import BdtoolError
+from bdtool.core.experiment.model_source import ModelArgs, build_callable_model, is_callable_ref, resolve_callable
 from bdtool.core.interfaces import Attack, DatasetSource
 
 if TYPE_CHECKING:
@@ -22,9 +24,37 @@ def build_attack(registries: Any, name: str, options: dict[str, Any], target: in
     return cls(target_class=target, params=cls.make_params(options))
 
 
-def build_model(registries: Any, name: str, bundle: DataBundle) -> nn.Module:
-    arch = registries.models.get(name)()
-    return arch.build(bundle.channels, bundle.image_size, bundle.num_classes)
+def build_model(registries: Any, name: str, bundle: DataBundle, args: ModelArgs = (),
+                normalize: str | None = None) -> nn.Module:
+    """The model ``name`` for ``bundle``'s images: a registered architecture, or ``MODULE:CALLABLE``
+    called with ``args`` (core/experiment/model_source.py); with ``normalize`` (``--normalize``) its
+    inputs normalised on the way in (core/compute/normalization.py). One line for every problem."""
+    if is_callable_ref(name):
+        model = build_callable_model(name, args, bundle.channels, bundle.image_shape, bundle.num_classes)
+    else:
+        if args:
+            raise BdtoolError(f"--model-arg is for a model given as MODULE:CALLABLE; {name} is a registered "
+                              "architecture built for the data set: drop --model-arg")
+        model = registries.models.get(name)().build(bundle.channels, bundle.image_size, bundle.num_classes)
+    if normalize:
+        model = normalize_inputs(model, model_normalization(normalize, bundle.channels))
+    return model
+
+
+def check_model_name(registries: Any, name: str) -> None:
+    """Refuse an unknown model before any work: a registered name, or an importable ``MODULE:CALLABLE``."""
+    if is_callable_ref(name):
+        resolve_callable(name)
+    else:
+        registries.models.get(name)
+
+
+def model_normalization(text: str, channels: int) -> Normalization:
+    """``--normalize TEXT`` for images of ``channels`` channels, or one line saying what is wrong."""
+    try:
+        return parse_normalization(text, channels)
+    except ValueError as exc:
+        raise BdtoolError(f"--normalize {exc}") from None
 
 
 def dataset_source(registries: Any, text: str) -> DatasetSource:

@@ -33,7 +33,8 @@ from bdtool.core.experiment.context import data_context
 from bdtool.core.experiment.evaluation import predict
 from bdtool.core.experiment.rows import RowSpec, parse_row, split_row_text
 from bdtool.core.experiment.splits import ExperimentData
-from bdtool.core.experiment.components import build_attack, build_model, load_dataset
+from bdtool.core.experiment.model_source import model_params
+from bdtool.core.experiment.components import build_attack, build_model, check_model_name, load_dataset
 from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.weights import fit_weights, read_weights
 from bdtool.core.interfaces import Attack, Knowledge
@@ -47,7 +48,7 @@ class DefendConfig:
     weights: str
     """The model file (or ``runs:/``/``models:/`` URI)."""
     model: str
-    """Its architecture (a registered model name)."""
+    """Its architecture: a registered model name or ``MODULE:CALLABLE`` (core/experiment/model_source.py)."""
     dataset: str
     """The clean images: ``folder:PATH`` (or any registered dataset)."""
     output: str
@@ -64,6 +65,10 @@ class DefendConfig:
     log_model: bool = True
     register: "Registration | None" = None
     """``--register NAME[@ALIAS]``: the defended model as a new version of that registered model."""
+    model_args: tuple[tuple[str, str], ...] = ()
+    """``--model-arg`` pairs of a ``MODULE:CALLABLE`` model."""
+    normalize: str | None = None
+    """``--normalize``: the model's inputs normalised on the way in (core/compute/normalization.py)."""
     dry_run: bool = False
     """Check every input (the row, the folder, the weights against the architecture, the trigger)
     and return a :class:`DefendPlan`: no run, no file written."""
@@ -178,7 +183,7 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan
                           f"{'nothing' if supplied is Knowledge.NONE else 'the ' + supplied.phrase}")
     row = parse_row(config.row, supplied, registries)
     check_row(row, supplied)
-    registries.models.get(config.model)
+    check_model_name(registries, config.model)
     output = Path(config.output)
     if output.suffix.lower() != SAFETENSORS_SUFFIX:
         raise BdtoolError(f"--output {config.output}: the defended model is written as {SAFETENSORS_SUFFIX}; "
@@ -214,9 +219,9 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan
     weights = read_weights(config.weights)
     if output.exists() and output.resolve() == Path(weights.path).resolve():
         raise BdtoolError(f"--output {config.output} is the model file itself; write the defended model elsewhere")
-    model = build_model(registries, config.model, bundle)
+    model = build_model(registries, config.model, bundle, config.model_args, config.normalize)
     fit_weights(model, weights.state, config.weights,
-                f"{config.model} ({bundle.channels} channel(s), {bundle.image_size}×{bundle.image_size}, "
+                f"{config.model} ({bundle.channels} channel(s), {'×'.join(map(str, bundle.image_shape))}, "
                 f"{bundle.num_classes} classes)")
     model.to(env.device).eval()
     timings["load_model_s"] = time.perf_counter() - t
@@ -244,7 +249,8 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan
             run_id = run.info.run_id
             tracking.log_params_flat({
                 "source": config.weights, "source_path": weights.path, "source_sha256": weights.sha256,
-                "model": config.model, "dataset": config.dataset, "n_unlearn": n, "n_holdout": len(holdout),
+                "model": config.model, **model_params(config.model_args, config.normalize),
+                "dataset": config.dataset, "n_unlearn": n, "n_holdout": len(holdout),
                 "seed": config.seed, "knowledge": row.knowledge.value, "defense": row.defense_name, "row": row.label,
                 "target": target, "attack": config.attack if row.knowledge is Knowledge.TRIGGER else None,
                 "output": str(output.resolve()),

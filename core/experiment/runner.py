@@ -169,8 +169,8 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
             if point is not None and tracking.ERROR_TAG in parent.data.tags:  # the try it resumes: no longer true
                 mlflow.MlflowClient().delete_tag(parent.info.run_id, tracking.ERROR_TAG)
             tracking.log_params_flat({
-                "dataset": config.spec.dataset, "model": config.spec.model, "attack": config.spec.attack,
-                "target": config.spec.target, "poison_rate": config.spec.poison_rate,
+                "dataset": config.spec.dataset, "model": config.spec.model, **config.spec.model_params(),
+                "attack": config.spec.attack, "target": config.spec.target, "poison_rate": config.spec.poison_rate,
                 "victim_kind": config.spec.victim_kind(),
                 "samples": "+".join(map(str, config.samples)), "seeds": config.seeds,
                 "rows": " | ".join(r.text for r in config.rows), "victim_run_id": victim.run_id,

@@ -285,8 +285,8 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
 def _log_run_start(row: RowSpec, n: int, seed: int, victim: Victim, defense: Any) -> None:
     spec = victim.spec
     tracking.log_params_flat({
-        "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
-        "poison_rate": spec.poison_rate, "victim_kind": spec.victim_kind(), "n": n, "seed": seed,
+        "dataset": spec.dataset, "model": spec.model, **spec.model_params(), "attack": spec.attack,
+        "target": spec.target, "poison_rate": spec.poison_rate, "victim_kind": spec.victim_kind(), "n": n, "seed": seed,
         "knowledge": row.knowledge_label, "defense": row.defense_name, "row": row.label,
         "repair": row.repair_cls.name if row.repair_cls is not None else None,
         "repair_lr": row.repair_lr, **{f"defense.{k}": v for k, v in defense.params_dict().items()},

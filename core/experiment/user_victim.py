@@ -29,9 +29,9 @@ def user_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Attac
 
     uri = tracking.setup_tracking(env.tracking_uri)  # before reading: runs:/ and models:/ URIs need it
     weights = read_weights(str(spec.source))
-    model = build_model(env.registries, spec.model, bundle)
+    model = build_model(env.registries, spec.model, bundle, spec.model_args, spec.normalize)
     fit_weights(model, weights.state, f"--victim {spec.source}",
-                f"{spec.model} ({spec.dataset}: {bundle.channels} channel(s), {bundle.image_size}×{bundle.image_size}, "
+                f"{spec.model} ({spec.dataset}: {bundle.channels} channel(s), {'×'.join(map(str, bundle.image_shape))}, "
                 f"{bundle.num_classes} classes)")
     model.to(env.device).eval()
     before = evaluate(model, data.evaluation, attack, bundle.num_classes, env.device)
@@ -47,7 +47,7 @@ def user_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Attac
                                   tags={KIND_TAG: "victim", SOURCE_TAG: str(spec.source)[:5000],
                                         SOURCE_SHA256_TAG: weights.sha256, **tracking.standard_tags(env.device)}) as run:
             tracking.log_params_flat({
-                "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
+                "dataset": spec.dataset, "model": spec.model, **spec.model_params(), "attack": spec.attack, "target": spec.target,
                 "source": spec.source, "source_path": weights.path, "source_sha256": weights.sha256,
                 "n_pool": len(data.pool), "n_eval": len(data.evaluation),
                 **{f"attack.{k}": v for k, v in attack.params_dict().items()},

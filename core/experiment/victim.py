@@ -69,7 +69,7 @@ def check_victim_spec(spec: VictimSpec, env: RunEnv, bundle: DataBundle) -> tupl
         attack.apply(bundle.test.x[:1])
     except ValueError as exc:
         raise BdtoolError(f"attack {spec.attack}: {exc}") from None
-    build_model(env.registries, spec.model, bundle)
+    build_model(env.registries, spec.model, bundle, spec.model_args, spec.normalize)
     return attack, spec.train_config(victim_recipe(env.registries, spec.dataset))
 
 

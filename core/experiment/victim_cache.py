@@ -61,7 +61,7 @@ def load_cached(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Attac
     cached = find_cached_run(digest)
     if cached is None:
         return None
-    model = build_model(env.registries, spec.model, bundle)
+    model = build_model(env.registries, spec.model, bundle, spec.model_args, spec.normalize)
     try:
         model.load_state_dict(download_state_dict(cached, "model"))
     except (DamagedModelFileError, RuntimeError) as exc:  # RuntimeError: wrong keys or shapes

@@ -38,6 +38,12 @@ def config_hash(spec: VictimSpec, attack: Attack, train: TrainConfig, bundle: Da
         "seed": spec.seed,
         "train": asdict(train),
     }
+    if bundle.image_shape[0] != bundle.image_shape[1]:  # a non-square folder (size=HxW)
+        payload["image_shape"] = list(bundle.image_shape)
+    if spec.model_args:  # entered only when given, as below: every earlier key unchanged
+        payload["model_args"] = [list(pair) for pair in spec.model_args]
+    if spec.normalize:
+        payload["normalize"] = spec.normalize
     if bundle.fingerprint:
         payload["data_fingerprint"] = bundle.fingerprint
     if weights_sha256 is not None:

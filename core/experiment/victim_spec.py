@@ -11,6 +11,7 @@ from torch import nn
 from bdtool.core.compute.training import TrainConfig
 from bdtool.core.data import DataBundle
 from bdtool.core.errors import BdtoolError
+from bdtool.core.experiment.model_source import model_params
 from bdtool.core.experiment.splits import ExperimentData
 from bdtool.core.interfaces import Attack
 from bdtool.core.params import check_ranges
@@ -25,6 +26,7 @@ DEFAULT_RECIPE = TrainConfig(epochs=40, lr=0.05, batch_size=128)
 class VictimSpec:
     dataset: str = "digits"
     model: str = "small-cnn"
+    """A registered architecture or ``MODULE:CALLABLE`` (core/experiment/model_source.py)."""
     attack: str = "badnets"
     attack_options: tuple[tuple[str, str], ...] = ()
     target: int = 0
@@ -33,6 +35,10 @@ class VictimSpec:
     epochs: int | None = None
     lr: float | None = None
     batch_size: int | None = None
+    model_args: tuple[tuple[str, str], ...] = ()
+    """``--model-arg`` (key, value) pairs for a ``MODULE:CALLABLE`` model, sorted."""
+    normalize: str | None = None
+    """``--normalize`` as given (a preset or the numbers): the model's inputs normalised on the way in."""
     source: str | None = None
     """The user's weights (``--victim``: a file, ``runs:/...`` or ``models:/...``) instead of a
     victim bdtool trains; the dataset, attack and target then say how it is evaluated."""
@@ -43,6 +49,11 @@ class VictimSpec:
         model's natural rate of going to the target under the trigger). A user's own weights count
         as possibly backdoored."""
         return self.source is not None or self.poison_rate != 0
+
+    def model_params(self) -> dict[str, str]:
+        """What the model is beyond its name, for MLflow params: ``model_args`` and ``normalize``
+        where given (left out otherwise, so runs before them read the same)."""
+        return model_params(self.model_args, self.normalize)
 
     def victim_kind(self) -> str:
         """``clean`` or ``backdoored``: how tables and MLflow name the victim."""

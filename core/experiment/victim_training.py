@@ -29,13 +29,13 @@ def train_victim(spec: VictimSpec, env: RunEnv, bundle: DataBundle, attack: Atta
 
     experiment_id = tracking.ensure_experiment(env.experiment, uri)  # only to log into (a copied store refuses)
     seed_everything(spec.seed)
-    model = build_model(env.registries, spec.model, bundle)  # re-created under the seed
+    model = build_model(env.registries, spec.model, bundle, spec.model_args, spec.normalize)  # re-created under the seed
     run_name = (f"clean {spec.dataset}/{spec.model}" if spec.poison_rate == 0 else
                 f"victim {spec.dataset}/{spec.model}/{spec.attack}")
     with tracking.tracked_run(experiment_id=experiment_id, run_name=run_name,
                               tags={KIND_TAG: "victim", **tracking.standard_tags(env.device)}) as run:
         tracking.log_params_flat({
-            "dataset": spec.dataset, "model": spec.model, "attack": spec.attack, "target": spec.target,
+            "dataset": spec.dataset, "model": spec.model, **spec.model_params(), "attack": spec.attack, "target": spec.target,
             "poison_rate": spec.poison_rate, "seed": spec.seed, "n_train": len(data.train),
             "n_poisoned": len(data.poisoned_indices), "n_pool": len(data.pool), "n_eval": len(data.evaluation),
             "poison_rate_of": attack.poison_rate_of,
