@@ -79,7 +79,8 @@ class AdversarialNeuronPruning(Defense):
         layers = affine_batchnorms(model)
         if not layers:
             raise DefenseInputError(f"{self.name}: the model has no BatchNorm layer with scale and shift; "
-                                    "ANP perturbs and masks BatchNorm neurons")
+                                    "ANP perturbs and masks BatchNorm neurons, so it cannot run on this model: "
+                                    "use fp, nc or ibau, which need none")
         masks = self.optimise_masks(model, layers, ctx)
         pruned = 0
         total = 0

@@ -240,3 +240,110 @@ def test_compare_refuses_a_model_it_cannot_import_in_one_line(mlflow_store):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "no module named 'nosuchmodule_xyz'" in result.stderr
+
+
+def test_the_worked_example_of_docs_own_models_runs(tmp_path, mlflow_store):
+    """docs/examples/own-model/run.sh as docs/own-models.md shows it, smaller (2 epochs, 1 seed,
+    two rows): a model class written outside bdtool, trained with plain PyTorch behind Normalize on
+    its own trigger, saved as safetensors, compared and defended by bdtool."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "own-model"
+    work = tmp_path / "own-model"
+    shutil.copytree(example, work)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "EPOCHS": "2", "SEEDS": "1", "DEFENSES": "ours-proj actft", "MLFLOW_TRACKING_URI": mlflow_store,
+           "BDTOOL_EXPERIMENT": f"example-{uuid.uuid4().hex[:8]}", "BDTOOL_DEVICE": "cpu"}
+    done = subprocess.run(["bash", "run.sh"], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "digits / mymod:Net / image (target 3)" in done.stdout
+    assert "Ours-proj (trigger)" in done.stdout and "actFT (trigger)" in done.stdout
+    assert "defended model written to" in done.stdout
+    trained, defended = load_file(work / "mine.safetensors"), load_file(work / "mine.defended.safetensors")
+    assert list(defended) == list(trained)  # the user's own architecture, keys unchanged
+    assert any(not torch.equal(defended[k], trained[k]) for k in trained)
+
+
+DEEP_NET = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv_a, self.norm_a = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv_b, self.norm_b = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(x + self.norm_b(self.conv_b(torch.relu(self.norm_a(self.conv_a(x))))))
+
+
+class Net(nn.Module):
+    """Residual, BatchNorm, module names of its own: nothing bdtool knows by name."""
+
+    def __init__(self, width=8, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stage1 = Block(width)
+        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.stage2 = Block(2 * width)
+        self.out = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        return self.out(torch.flatten(nn.functional.adaptive_avg_pool2d(self.stage2(self.down(self.stage1(self.stem(x)))), 1), 1))
+'''
+
+
+@pytest.fixture(scope="module")
+def deep_victim(run_env, tmp_path_factory):
+    from bdtool.core.experiment.victim import get_victim
+    from bdtool.core.experiment.victim_spec import VictimSpec
+
+    path = tmp_path_factory.mktemp("deep") / "deepnet.py"
+    path.write_text(textwrap.dedent(DEEP_NET))
+    return get_victim(VictimSpec(model=f"{path}:Net", epochs=4), run_env)
+
+
+@pytest.mark.parametrize("name", [e.name for e in get_registries().defenses])
+def test_every_defense_runs_on_an_architecture_it_does_not_know(deep_victim, name):
+    """Every registered defense finds its layers on a model of the user's own (ours' and
+    ours-proj's edited layers, NAD's attention layers, fp's last conv, anp's norms, ...) and gives
+    back a finite model of the same architecture, or refuses in one line naming what to set."""
+    from bdtool.core.errors import DefenseInputError
+    from bdtool.core.experiment.context import defense_context
+    from bdtool.core.interfaces import Knowledge
+
+    cls = get_registries().defenses.get(name)
+    ctx = defense_context(deep_victim, cls, 20, 0, torch.device("cpu"),
+                          trigger=cls.required_knowledge() is Knowledge.TRIGGER)
+    if cls.needs_training_set:
+        import dataclasses
+
+        ctx = dataclasses.replace(ctx, train=deep_victim.data.clean_train(), train_recipe=deep_victim.train_config)
+    try:
+        defended = cls(cls.make_params({})).defend(deep_victim.fresh_copy(), ctx)
+    except DefenseInputError as exc:
+        assert "\n" not in str(exc) and "=" in str(exc), str(exc)  # names the parameter to set
+        return
+    assert type(defended).__name__ == "Net" and list(defended.state_dict()) == list(deep_victim.model.state_dict())
+    assert all(torch.isfinite(v).all() for v in defended.state_dict().values() if v.is_floating_point())
+    assert defended(deep_victim.data.evaluation.x[:4]).shape == (4, 10)
+
+
+def test_anp_refuses_a_model_without_batchnorm_in_one_line_naming_what_runs(run_env, nets_file):
+    from bdtool.core.errors import DefenseInputError
+    from bdtool.core.experiment.context import defense_context
+    from bdtool.core.experiment.victim import get_victim
+    from bdtool.core.experiment.victim_spec import VictimSpec
+
+    victim = get_victim(VictimSpec(model=f"{nets_file}:Net", epochs=1), run_env)
+    cls = get_registries().defenses.get("anp")
+    ctx = defense_context(victim, cls, 10, 0, torch.device("cpu"), trigger=False)
+    with pytest.raises(DefenseInputError, match="no BatchNorm layer.*use fp, nc or ibau"):
+        cls(cls.make_params({})).defend(victim.fresh_copy(), ctx)
