@@ -137,7 +137,8 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
 
     plan = check_comparison(config, env).to_dict()
     spec = config.spec
-    plan.update(dry_run=True, victim={"dataset": spec.dataset, "model": spec.model, "kind": spec.victim_kind(),
+    plan.update(dry_run=True, victim={"dataset": spec.dataset, "model": spec.model, **spec.model_params(),
+                                      "kind": spec.victim_kind(),
                                       "attack": spec.attack, "target": spec.target, "poison_rate": spec.poison_rate,
                                       "seed": spec.seed, "source": spec.source})
     if not json_:

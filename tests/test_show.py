@@ -2,6 +2,7 @@
 carry what the MLflow UI shows (experiment kind, dataset inputs, descriptions)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -9,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from bdtool.cli import main
 from bdtool.core import tracking
-from bdtool.core.tracking.tags import DESCRIPTION_TAG, EXPERIMENT_KIND_TAG
+from bdtool.core.tracking.tags import DESCRIPTION_TAG, EXPERIMENT_KIND_TAG, STATE_DICT_DIGEST_TAG
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +202,13 @@ def test_logged_models_are_named_for_their_row_and_carry_their_metrics_and_datas
     by_key = {m.key: m for m in model.metrics or []}
     assert {"score", "acc", "asr", "ctca"} <= set(by_key)
     assert by_key["acc"].dataset_name == "digits evaluation" and by_key["acc"].model_id == model.model_id
+    # the weights are stored once: the run's model/state_dict.pt, which the LoggedModel points at
+    run_id = model.source_run_id
+    files = [f.path for f in client.list_artifacts(run_id, "model")]
+    assert files == ["model/state_dict.pt"]
+    assert model.tags["bdtool.weights"] == f"runs:/{run_id}/model/state_dict.pt"
+    assert model.tags["bdtool.weights_sha256"] == client.get_run(run_id).data.tags[STATE_DICT_DIGEST_TAG]
+    stored = [p for p in Path(model.artifact_location.removeprefix("file://")).rglob("*") if p.is_file()] \
+        if model.artifact_location.startswith(("file://", "/")) else []
+    # no second copy (a pickled MLflow PyTorch model): at most MLflow's own metadata file
+    assert [p.name for p in stored] in ([], ["MLmodel"]) and all(p.stat().st_size < 10_000 for p in stored), stored

@@ -16,7 +16,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from bdtool.core.tracking.locations import DEFAULT_TRACKING_URI, artifact_root_for, resolve_tracking_uri  # noqa: E402
-from bdtool.core.tracking.models import download_state_dict, log_model, pip_requirements  # noqa: E402
+from bdtool.core.tracking.models import download_state_dict, log_model  # noqa: E402
 from bdtool.core.tracking.orphans import OrphanReport, mark_orphans  # noqa: E402
 from bdtool.core.tracking.runs import (RunFailed, git_commit, log_params_flat, standard_tags,  # noqa: E402
                                        tracked_run)
@@ -30,6 +30,6 @@ __all__ = [
     "DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "KIND_TAG", "KNOWLEDGE_TAG", "METRIC_ERROR_TAG", "DEFENSE_TAG", "ERROR_TAG", "EXECUTOR_TAG", "ROW_TAG", "VICTIM_HASH_TAG", "VICTIM_RUN_TAG",
     "HOST_TAG", "PID_TAG", "ORPHANED_TAG", "COMPARISON_KEY_TAG", "SOURCE_TAG", "SOURCE_SHA256_TAG", "SUMMARY_SHA256_TAG", "RunFailed", "OrphanReport", "mark_orphans",
     "artifact_root_for", "download_state_dict",
-    "ensure_experiment", "git_commit", "log_model", "log_params_flat", "pip_requirements",
+    "ensure_experiment", "git_commit", "log_model", "log_params_flat",
     "resolve_tracking_uri", "setup_tracking", "standard_tags", "tracked_run",
 ]

@@ -1,4 +1,4 @@
-"""Logging a model to a run (a plain state dict with its SHA-256, and an MLflow model) and loading
+"""Logging a model to a run (a plain state dict with its SHA-256, and a LoggedModel pointing at it) and loading
 it back with ``weights_only=True``; a damaged cached victim is tagged so (docs/architecture.md,
 "Victims")."""
 
@@ -14,38 +14,40 @@ from torch import nn
 from bdtool.core.errors import UnsafeModelFileError, first_line
 from bdtool.core.tracking.locations import local_artifact_dir
 from bdtool.core.tracking.serialization import DamagedModelFileError, file_sha256, load_state_dict, save_state_dict
-from bdtool.core.tracking.tags import DAMAGED_TAG, state_dict_digest_tag
-
-
-def pip_requirements() -> list[str]:
-    import torchvision  # heavy: imported on use (only when a model is logged)
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+from bdtool.core.tracking.tags import DAMAGED_TAG, WEIGHTS_SHA256_TAG, WEIGHTS_TAG, state_dict_digest_tag
 
 
 def log_model(model: nn.Module, example: torch.Tensor, name: str = "model", logged_name: str | None = None,
               tags: dict[str, Any] | None = None) -> str | None:
-    """Log ``model`` as an MLflow PyTorch model (explicit pip requirements, so no slow inference
-    subprocess) and a ``state_dict.pt`` copy that bdtool reloads with ``weights_only=True``. The
-    LoggedModel is called ``logged_name`` (default ``<name>-mlflow``) and carries ``tags``; returns
-    its id, for metrics logged against it (``mlflow.log_metrics(model_id=...)``)."""
+    """Log ``model``'s weights once: ``<name>/state_dict.pt`` in the active run (what bdtool
+    reloads with ``weights_only=True``, digest-checked), and a LoggedModel that points at it.
+
+    The LoggedModel (called ``logged_name``, default ``<name>-mlflow``) is an *external* one
+    (``mlflow.create_external_model``): it holds no second copy of the weights, only its tags
+    (``tags`` plus ``bdtool.weights``, the URI of the state dict, and its SHA-256), its link to the
+    run, and the metrics logged against its id (returned, for ``mlflow.log_metrics(model_id=...)``).
+    Before issue 24 each run also stored an MLflow PyTorch model: a pickle of the whole module,
+    which bdtool never loads, doubling every run's artifacts (docs/ui.md, "Models")."""
     import mlflow  # heavy: imported on use (core/tracking/store.py)
-    import mlflow.pytorch
 
     model = model.eval().cpu()
+    run = mlflow.active_run()
     with tempfile.TemporaryDirectory() as tmp:
         path = save_state_dict(model, Path(tmp) / "state_dict.pt")
+        digest = file_sha256(path)
         mlflow.log_artifact(str(path), artifact_path=name)
         # Its digest, checked when it is loaded again (download_state_dict): a damaged cache is found.
-        mlflow.set_tag(state_dict_digest_tag(name), file_sha256(path))
-    info = mlflow.pytorch.log_model(
-        model,
-        name=logged_name or f"{name}-mlflow",
-        input_example=example[:2].cpu().numpy(),  # batch of 2: a batch of 1 would fix the batch dim
-        pip_requirements=pip_requirements(),
-        tags={k: str(v) for k, v in (tags or {}).items() if v is not None} or None,
-    )
-    return getattr(info, "model_id", None)
+        mlflow.set_tag(state_dict_digest_tag(name), digest)
+    if run is None:
+        return None
+    shown = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+    shown.update({WEIGHTS_TAG: f"runs:/{run.info.run_id}/{name}/state_dict.pt", WEIGHTS_SHA256_TAG: digest})
+    logged = mlflow.create_external_model(
+        name=logged_name or f"{name}-mlflow", source_run_id=run.info.run_id, tags=shown,
+        params={"architecture": type(model).__name__, "parameters": str(sum(p.numel() for p in model.parameters())),
+                "input_shape": "x".join(map(str, example.shape[1:]))},
+        model_type="pytorch-state-dict")
+    return logged.model_id
 
 
 def label_slug(label: str) -> str:

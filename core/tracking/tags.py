@@ -51,3 +51,8 @@ DESCRIPTION_TAG = "mlflow.note.content"
 
 def state_dict_digest_tag(name: str = "model") -> str:
     return STATE_DICT_DIGEST_TAG if name == "model" else f"{STATE_DICT_DIGEST_TAG}.{name}"
+
+WEIGHTS_TAG = "bdtool.weights"
+"""On a LoggedModel: the URI of the one copy of its weights (``runs:/RUN/model/state_dict.pt``)."""
+WEIGHTS_SHA256_TAG = "bdtool.weights_sha256"
+"""On a LoggedModel: the SHA-256 of that state dict."""
