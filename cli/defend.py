@@ -108,8 +108,8 @@ def defend(model_file, architecture, model_arg, normalize, data, row, target_lab
                f"{result.knowledge}, on {result.n_unlearn} clean images in {result.defense_time_s:.2f} s")
     click.echo(f"  held-out part ({result.n_holdout} images): ACC {_pct(b.acc)} -> {_pct(a.acc)}, min-class "
                f"{_pct(b.min_class_acc)} -> {_pct(a.min_class_acc)}"
-               + (f", target-class {_pct(b.ctca)} -> {_pct(a.ctca)}" if a.ctca is not None else "")
-               + (f", ASR with your trigger {_pct(b.asr)} -> {_pct(a.asr)}" if a.asr is not None else ""))
+               + (f", target-class {_pct(b.ctca)} -> {_pct(a.ctca)}" if a.ctca == a.ctca else "")
+               + (f", ASR with your trigger {_pct(b.asr)} -> {_pct(a.asr)}" if a.asr == a.asr else ""))
     click.echo(f"defended model written to {result.output}")
     if result.registered:
         click.echo(f"registered as {result.registered}")

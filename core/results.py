@@ -18,7 +18,9 @@ class EvalResult:
 
     @property
     def min_class_acc(self) -> float:
-        return min(self.per_class_acc) if self.per_class_acc else float("nan")
+        """The lowest accuracy of a class present in the data (a class with no image has NaN)."""
+        present = [a for a in self.per_class_acc if a == a]
+        return min(present) if present else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

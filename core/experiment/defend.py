@@ -20,25 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import bdtool
 from bdtool.core import interrupts, tracking
 from bdtool.core.params import parse_key_values
 from bdtool.core.tracking.models import logged_model_name
 from bdtool.core.tracking.registry import Registration, register_version
-from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.context import data_context
-from bdtool.core.experiment.evaluation import predict
+from bdtool.core.experiment.evaluation import evaluate
+from bdtool.core.experiment.tasks import defend_timed
 from bdtool.core.experiment.rows import RowSpec, parse_row, split_row_text
 from bdtool.core.experiment.splits import ExperimentData
 from bdtool.core.experiment.model_source import model_params
 from bdtool.core.experiment.components import build_attack, build_model, check_model_name, load_dataset
 from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.weights import fit_weights, read_weights
-from bdtool.core.interfaces import Attack, Knowledge
-from bdtool.core.tensors import LabeledTensors
+from bdtool.core.interfaces import Knowledge
+from bdtool.core.results import EvalResult
 from bdtool.core.tracking.serialization import SAFETENSORS_SUFFIX, save_safetensors
 from bdtool.core.tracking.inputs import log_dataset_input
 
@@ -92,17 +91,6 @@ class DefendPlan:
 
 
 @dataclass
-class Measured:
-    """Clean accuracy (all, per class, minimum) and, with a trigger, ASR on the held-out part."""
-
-    acc: float
-    min_class_acc: float
-    per_class_acc: list[float]
-    asr: float | None = None
-    ctca: float | None = None
-
-
-@dataclass
 class DefendResult:
     run_id: str
     output: str
@@ -111,8 +99,10 @@ class DefendResult:
     weights_sha256: str
     n_unlearn: int
     n_holdout: int
-    before: Measured
-    after: Measured
+    before: EvalResult
+    after: EvalResult
+    """Measured by ``evaluation.evaluate`` on the folder's held-out part (ASR NaN without a
+    trigger, CTCA NaN without a target label), as every comparison run is."""
     defense_time_s: float
     repair_time_s: float | None
     total_time_s: float
@@ -121,7 +111,7 @@ class DefendResult:
     """``models:/NAME@ALIAS (version V)`` when ``--register`` made a model version."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "before": self.before.to_dict(), "after": self.after.to_dict()}
 
 
 _NEEDS = {Knowledge.TRIGGER: "the trigger: pass --trigger-image (and --trigger-mask) with --target-label",
@@ -144,25 +134,7 @@ def check_row(row: RowSpec, supplied: Knowledge) -> None:
                           f"'{supplied.value}'; it needs {_NEEDS[row.knowledge]}")
 
 
-def measure(model: nn.Module, data: LabeledTensors, num_classes: int, device: torch.device,
-            attack: Attack | None, target: int | None) -> Measured:
-    y = data.y.cpu()
-    correct = predict(model, data.x, device) == y
-    per_class = [float(correct[y == c].float().mean()) if (y == c).any() else float("nan") for c in range(num_classes)]
-    present = [a for a in per_class if not math.isnan(a)]
-    out = Measured(acc=float(correct.float().mean()), min_class_acc=min(present) if present else float("nan"),
-                   per_class_acc=per_class)
-    if target is not None:
-        out.ctca = per_class[target]
-    if attack is not None:
-        non_target = y != attack.target_class
-        if non_target.any():
-            stamped = attack.apply(data.x[non_target])
-            out.asr = float((predict(model, stamped, device) == attack.target_class).float().mean())
-    return out
-
-
-def _metrics(prefix: str, m: Measured) -> dict[str, float]:
+def _metrics(prefix: str, m: EvalResult) -> dict[str, float]:
     values = {f"{prefix}acc": m.acc, f"{prefix}min_class_acc": m.min_class_acc, f"{prefix}asr": m.asr,
               f"{prefix}ctca": m.ctca}
     return {k: float(v) for k, v in values.items() if v is not None and not math.isnan(v)}
@@ -229,7 +201,7 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan
         return DefendPlan(row=row.label, knowledge=row.knowledge.value, weights_sha256=weights.sha256, n_unlearn=n,
                           n_holdout=len(holdout), classes=bundle.num_classes, output=str(output.resolve()))
     target = config.target if row.knowledge is not Knowledge.NONE else None
-    before = measure(model, holdout, bundle.num_classes, env.device, attack, config.target)
+    before = evaluate(model, holdout, attack, bundle.num_classes, env.device, config.target)
     experiment_id = tracking.ensure_experiment(env.experiment, uri)
 
     def record_failure(exc: BaseException) -> None:
@@ -269,17 +241,9 @@ def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan
                                              seed=config.seed)
             log_dataset_input(holdout, f"{config.dataset} held out", "evaluation",
                                              dataset=config.dataset, split="folder test part", n=len(holdout))
-            seed_everything(config.seed)
-            with timed(env.device) as watch:
-                defended = defense.defend(model, ctx)
-            defense_time = watch.seconds
-            repair_time = None
-            if row.repair_lr is not None:
-                seed_everything(config.seed)
-                with timed(env.device) as watch:
-                    defended = row.make_repair().repair(defended, ctx)
-                repair_time = watch.seconds
-            after = measure(defended, holdout, bundle.num_classes, env.device, attack, config.target)
+            done = defend_timed(row, defense, model, ctx, config.seed, env.device)
+            defended, defense_time, repair_time = done.model, done.defense_time_s, done.repair_time_s
+            after = evaluate(defended, holdout, attack, bundle.num_classes, env.device, config.target)
             t = time.perf_counter()
             save_safetensors(defended.eval().cpu(), output, metadata={
                 "bdtool.version": bdtool.__version__, "architecture": config.model, "defense": row.label,

@@ -39,9 +39,11 @@ def accuracy(model: nn.Module, data: LabeledTensors, device: torch.device) -> fl
     return float((predict(model, data.x, device) == data.y.cpu()).float().mean())
 
 
-def evaluate(model: nn.Module, data: LabeledTensors, attack: Attack, num_classes: int,
-             device: torch.device) -> EvalResult:
-    """ACC, CTCA, per-class accuracy and ASR of ``model`` on ``data`` (the evaluation half)."""
+def evaluate(model: nn.Module, data: LabeledTensors, attack: Attack | None, num_classes: int,
+             device: torch.device, target: int | None = None) -> EvalResult:
+    """ACC, CTCA, per-class accuracy and ASR of ``model`` on ``data`` (the evaluation half, or
+    ``bdtool defend``'s held-out part). Without an ``attack`` (defend given no trigger) ASR is NaN
+    and CTCA is that of ``target`` (NaN when None too): the one evaluation of both pipelines."""
     y = data.y.cpu()
     clean_pred = predict(model, data.x, device)
     correct = clean_pred == y
@@ -49,14 +51,19 @@ def evaluate(model: nn.Module, data: LabeledTensors, attack: Attack, num_classes
     for c in range(num_classes):
         members = y == c
         per_class.append(float(correct[members].float().mean()) if members.any() else float("nan"))
-    target = attack.target_class
-    non_target = y != target
-    stamped = attack.apply(data.x[non_target])
-    asr = float((predict(model, stamped, device) == target).float().mean()) if non_target.any() else float("nan")
+    asr = float("nan")
+    if attack is not None:
+        target = attack.target_class
+        non_target = y != target
+        if non_target.any():
+            stamped = attack.apply(data.x[non_target])
+            asr = float((predict(model, stamped, device) == target).float().mean())
+    if target is None:
+        target = -1
     return EvalResult(
         acc=float(correct.float().mean()),
         asr=asr,
-        ctca=per_class[target],
+        ctca=per_class[target] if 0 <= target < num_classes else float("nan"),
         per_class_acc=per_class,
         n_eval=len(y),
         target_class=target,

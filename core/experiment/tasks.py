@@ -204,6 +204,31 @@ def run_task(task: RunTask, victim: Victim, env: RunEnv, job: TaskJob, log: bool
     return outcome
 
 
+@dataclass
+class Defended:
+    """A defended model and what it took: the defense's time and, with a repair, the repair's."""
+
+    model: Any
+    defense_time_s: float
+    repair_time_s: float | None = None
+
+
+def defend_timed(row: RowSpec, defense: Any, model: Any, ctx: Any, seed: int, device: Any) -> Defended:
+    """``defense`` (of ``row``) on ``model`` under ``seed``, then ``row``'s repair under the same
+    seed, each timed on ``device``: the one defense step of ``bdtool compare`` (``run_task``) and
+    ``bdtool defend`` (core/experiment/defend.py)."""
+    seed_everything(seed)
+    with timed(device) as watch:
+        defended = defense.defend(model, ctx)
+    out = Defended(defended, watch.seconds)
+    if row.repair_lr is not None:
+        seed_everything(seed)
+        with timed(device) as watch:
+            out.model = row.make_repair().repair(out.model, ctx)
+        out.repair_time_s = watch.seconds
+    return out
+
+
 def _parent_is_active(parent_run_id: str) -> bool:
     """In the comparison's own process the parent is the active run (a nested run); in a worker
     process nothing is active and the parent is named by id only."""
@@ -242,16 +267,8 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
     data = victim.data
     if log:
         _log_run_inputs(ctx, job.evaluation_input, spec.dataset, n, seed)
-    seed_everything(seed)
-    with timed(env.device) as watch:
-        model = defense.defend(victim.model, ctx)
-    outcome.defense_time_s = watch.seconds
-    if row.repair_lr is not None:
-        repair = row.make_repair()
-        seed_everything(seed)
-        with timed(env.device) as watch:
-            model = repair.repair(model, ctx)
-        outcome.repair_time_s = watch.seconds
+    defended = defend_timed(row, defense, victim.model, ctx, seed, env.device)
+    model, outcome.defense_time_s, outcome.repair_time_s = defended.model, defended.defense_time_s, defended.repair_time_s
     result = evaluate(model, data.evaluation, victim.attack, data.num_classes, env.device)
     outcome.result = result
     outcome.metrics, errors = compute_metrics(job.metric_classes, result, victim.before, backdoored=spec.backdoored)
