@@ -10,7 +10,7 @@ from bdtool.cli.main import emit_json, main, make_env, make_spec, report_orphans
 from bdtool.cli.completion import plugin_names
 from bdtool.cli.config_file import comparison_toml, config_option
 from bdtool.cli.executors import make_executor
-from bdtool.cli.options import (COUNT, SEEDS, dry_run_option, env_options, executor_options, victim_options,
+from bdtool.cli.options import (comparison_options, dry_run_option, env_options, executor_options, victim_options,
                                victim_source_option)
 from bdtool.cli.preflight import preflight
 
@@ -155,8 +155,8 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
               help="A row: defense name with params; reserved keys knowledge=trigger|target|none (bdk=true|false "
                    "are aliases of trigger|none) and repair=<lr> or repair=NAME:<lr>. Repeatable. Default: the null "
                    "row suppress-target, ours under each knowledge, ours:repair=0.01 and every baseline (not the slower fp, anp, nc, ibau: name them).")
-@click.option("samples", "--samples", multiple=True, type=COUNT, help="Unlearning set size n; repeatable. Default 50.")
-@click.option("--seeds", default=3, show_default=True, type=SEEDS, help="Seeds per (row, n); results are mean ± std.")
+@comparison_options("Unlearning set size n; repeatable. Default 50.",
+                    "Also write the table as Markdown, CSV and JSON (and plots) into this folder.")
 @click.option("--knowledge", type=click.Choice(["trigger", "target", "none", "bdk"]), default="trigger",
               show_default=True,
               help="Default threat model of rows without knowledge=: trigger (the attack), target (the target "
@@ -164,9 +164,6 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
 @click.option("metrics", "--metric", multiple=True, metavar="NAME", shell_complete=plugin_names("metrics"),
               help="A metric column (bdtool list metrics); repeatable, in order. Default: every registered metric. "
                    "All are computed and logged to MLflow either way.")
-@click.option("--output", type=click.Path(file_okay=False), default=None,
-              help="Also write the table as Markdown, CSV and JSON (and plots) into this folder.")
-@click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow (faster).")
 @click.option("--register-best", default=None, metavar="NAME[@ALIAS]",
               help="Make the defended model of the best row (highest mean ClassScore; its best seed) a new version "
                    "of the MLflow registered model NAME, tagged, with ALIAS (default: best) pointing at it; it loads "

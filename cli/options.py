@@ -140,3 +140,16 @@ executor_options = _stack(
     click.option("--cpus-per-task", default=1.0, show_default=True, type=TASK_SHARE,
                  help="CPU cores a Ray task asks for (torch uses that many threads in it)."),
 )
+
+
+def comparison_options(samples_help: str, output_help: str) -> Callable[[F], F]:
+    """The options ``bdtool compare`` and ``bdtool sweep`` share, declared once: ``--samples``,
+    ``--seeds``, ``--output`` and ``--no-log-models`` (each command says in its own words what its
+    ``--samples`` and ``--output`` mean)."""
+    return _stack(
+        click.option("samples", "--samples", multiple=True, type=COUNT, help=samples_help),
+        click.option("--seeds", default=3, show_default=True, type=SEEDS,
+                     help="Seeds per (row, n): draws of D_U and of the defense; results are mean ± std."),
+        click.option("--output", type=click.Path(file_okay=False), default=None, help=output_help),
+        click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow (faster)."),
+    )

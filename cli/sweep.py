@@ -11,7 +11,7 @@ from bdtool.cli.main import emit_json, main, make_env, make_spec
 from bdtool.cli.completion import plugin_names
 from bdtool.cli.config_file import config_option
 from bdtool.cli.executors import make_executor
-from bdtool.cli.options import (COUNT, SEEDS, dry_run_option, env_options, executor_options, victim_options,
+from bdtool.cli.options import (comparison_options, dry_run_option, env_options, executor_options, victim_options,
                                victim_source_option)
 from bdtool.cli.preflight import preflight
 from bdtool.core.experiment.splits import split_test
@@ -36,11 +36,8 @@ class SweepCommand(click.Command):
 
 @main.command(cls=SweepCommand)
 @click.argument("preset", metavar="PRESET", shell_complete=plugin_names("sweeps"))
-@click.option("samples", "--samples", multiple=True, type=COUNT, help="Override the preset's sample sizes.")
-@click.option("--seeds", default=3, show_default=True, type=SEEDS, help="Seeds per (row, n).")
-@click.option("--output", type=click.Path(file_okay=False), default=None,
-              help="Write each comparison's tables into this folder (one subfolder per target).")
-@click.option("--no-log-models", is_flag=True, help="Do not log each defended model to MLflow.")
+@comparison_options("Override the preset's sample sizes; repeatable.",
+                    "Write each comparison's tables into this folder (one subfolder per target or victim).")
 @click.option("--resume", is_flag=True,
               help="Continue each comparison from the newest one with the same options in the store (a killed "
                    "sweep loses only the runs in flight).")
