@@ -343,6 +343,11 @@ class Metric(ABC):
     """What the value is multiplied by when logged to MLflow, so that every built-in metric is a
     fraction in [0, 1] there (Score and ClassScore, points 0–100 in tables, are logged × 0.01);
     docs/ui.md, "Units"."""
+    plot: ClassVar[str] = ""
+    """Its place in a comparison's plots (core/experiment/report.py, ``plot``): ``bar`` (a bar per
+    row in the bar chart), ``bar+before`` (also its Before value as a line), ``curve`` (its mean
+    against n when the comparison has several n), or empty (not plotted). The core names no metric:
+    the built-ins declare theirs (ASR, ACC with its Before line, CTCA bars; the Score curve)."""
     measures_removal: ClassVar[bool] = False
     """Measures how much of a backdoor was removed (Score, DER): undefined, NaN and shown "-", on a
     victim without a backdoor (poison rate 0), where there is nothing to remove."""

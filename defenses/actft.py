@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import bdtool
-from bdtool.core.compute.training import metric_logger, train_loop
+from bdtool.core.compute.training_defense import TrainingDefense
 from bdtool.core.interfaces import Attack, Defense, DefenseContext
 from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
@@ -43,7 +43,7 @@ def with_stamped_copies(data: LabeledTensors, attack: Attack, copies: int, owner
     return LabeledTensors(torch.cat(xs), torch.cat(ys))
 
 
-class ActualTriggerFineTuning(Defense):
+class ActualTriggerFineTuning(TrainingDefense):
     """Fine-tune on D_U plus D_U stamped with the known trigger, labelled with the true classes."""
 
     name = "actft"
@@ -56,9 +56,7 @@ class ActualTriggerFineTuning(Defense):
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
         assert ctx.attack is not None  # Defense.defend refuses to run without it
         data = with_stamped_copies(ctx.unlearn, ctx.attack, self.params.copies, self.name)
-        train_loop(model, data, self.params.train_config(), ctx.device, ctx.seed,
-                   on_epoch=metric_logger(ctx.log_metric, "actft.{}"), progress=ctx.progress,
-                   label="actFT fine-tuning")
+        self.fine_tune(model, ctx, self.params.train_config(), data=data, label="actFT fine-tuning")
         return model
 
 

@@ -48,9 +48,10 @@ from torch import Tensor, nn
 
 import bdtool
 from bdtool.core.compute.modules import set_batchnorm_mode
-from bdtool.core.compute.training import LoopState, SGDParams, metric_logger, train_loop
+from bdtool.core.compute.training import LoopState, SGDParams
 from bdtool.core.errors import DefenseInputError
 from bdtool.core.experiment.evaluation import predict
+from bdtool.core.compute.training_defense import TrainingDefense
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.params import param
 from bdtool.defenses._trigger import stamp
@@ -95,7 +96,7 @@ def unlearn_asr(model: nn.Module, stamped: Tensor, target: int, device: torch.de
     return float((predict(model, stamped, device) == target).float().mean())
 
 
-class BaEraser(Defense):
+class BaEraser(TrainingDefense):
     """Unlearn the known trigger by capped gradient ascent with an L1 pull to the original weights."""
 
     name = "baeraser"
@@ -150,10 +151,8 @@ class BaEraser(Defense):
                 ctx.log_metric("baeraser.unlearn_asr", asr, state.epoch)
             return asr < params.threshold
 
-        result = train_loop(model, ctx.unlearn, params.train_config(), ctx.device, ctx.seed,
-                            loss=unlearning_loss, before_step=None if params.update_bn else freeze_batchnorm,
-                            stop=trigger_unlearned, on_epoch=metric_logger(ctx.log_metric, "baeraser.{}"),
-                            progress=ctx.progress, label="BaEraser unlearning")
+        result = self.fine_tune(model, ctx, params.train_config(), label="BaEraser unlearning", loss=unlearning_loss,
+                                before_step=None if params.update_bn else freeze_batchnorm, stop=trigger_unlearned)
         ctx.log_metric("baeraser.epochs_run", float(result.epochs_run), None)
         ctx.log_metric("baeraser.steps_run", float(result.step), None)
         return model

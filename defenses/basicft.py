@@ -17,8 +17,9 @@ from typing import Callable, Literal
 from torch import nn
 
 import bdtool
-from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
-from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.compute.training import SGDParams
+from bdtool.core.compute.training_defense import TrainingDefense
+from bdtool.core.interfaces import DefenseContext
 
 
 @dataclass
@@ -33,7 +34,7 @@ class FineTuneParams(SGDParams):
     schedule: Literal["cosine", "constant", "step"] = "constant"
 
 
-class BasicFineTuning(Defense):
+class BasicFineTuning(TrainingDefense):
     """Fine-tune all layers on clean D_U (SGD, momentum 0.9); needs no backdoor knowledge."""
 
     name = "basicft"
@@ -44,9 +45,7 @@ class BasicFineTuning(Defense):
     Params = FineTuneParams
 
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
-        train_loop(model, ctx.unlearn, self.params.train_config(), ctx.device, ctx.seed,
-                   on_epoch=metric_logger(ctx.log_metric, "basicft.{}"), progress=ctx.progress,
-                   label="basicFT fine-tuning")
+        self.fine_tune(model, ctx, self.params.train_config(), label="basicFT fine-tuning")
         return model
 
 

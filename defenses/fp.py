@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 import bdtool
 from bdtool.core.compute.modules import ForwardCapture, preserve_modes
-from bdtool.core.compute.training import metric_logger, train_loop
 from bdtool.core.experiment.evaluation import accuracy
-from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.compute.training_defense import TrainingDefense
+from bdtool.core.interfaces import DefenseContext
 from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 from bdtool.defenses._pruning import last_conv, silence_channels
@@ -76,7 +76,7 @@ def mean_channel_activation(model: nn.Module, layer: str, data: LabeledTensors, 
     return (total / len(data)).cpu()
 
 
-class FinePruning(Defense):
+class FinePruning(TrainingDefense):
     """Prune the last conv's channels dormant on clean D_U, then fine-tune (Liu et al. 2018)."""
 
     name = "fp"
@@ -114,10 +114,8 @@ class FinePruning(Defense):
         ctx.log_metric("fp.pruned_fraction", kept / channels, None)
         ctx.log_metric("fp.unlearn_acc_pruned", accuracy(model, ctx.unlearn, ctx.device), None)
         if p.finetune:
-            train_loop(model, ctx.unlearn, p.train_config(), ctx.device, ctx.seed,
-                       before_step=lambda _m: silence_channels(conv, bn, pruned),
-                       on_epoch=metric_logger(ctx.log_metric, "fp.{}"), progress=ctx.progress,
-                       label="Fine-Pruning fine-tuning")
+            self.fine_tune(model, ctx, p.train_config(), label="Fine-Pruning fine-tuning",
+                           before_step=lambda _m: silence_channels(conv, bn, pruned))
             silence_channels(conv, bn, pruned)
         return model
 

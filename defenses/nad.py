@@ -30,9 +30,10 @@ from torch import Tensor, nn
 
 import bdtool
 from bdtool.core.compute.modules import ForwardCapture
-from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
+from bdtool.core.compute.training import SGDParams
 from bdtool.core.errors import DefenseInputError
-from bdtool.core.interfaces import Defense, DefenseContext
+from bdtool.core.compute.training_defense import TrainingDefense
+from bdtool.core.interfaces import DefenseContext
 from bdtool.core.params import param
 from bdtool.defenses.layer_groups import distillation_layers
 
@@ -84,7 +85,7 @@ def attention_loss(student: Tensor, teacher: Tensor, p: float) -> Tensor:
     return F.mse_loss(attention_map(student, p), attention_map(teacher, p))
 
 
-class NeuralAttentionDistillation(Defense):
+class NeuralAttentionDistillation(TrainingDefense):
     """Distil a fine-tuned teacher's attention maps into the backdoored model (NAD, ICLR 2021)."""
 
     name = "nad"
@@ -106,9 +107,7 @@ class NeuralAttentionDistillation(Defense):
             )
         # 1. Teacher: fine-tuned copy.
         teacher = copy.deepcopy(model)
-        train_loop(teacher, ctx.unlearn, params.teacher_config(), ctx.device, ctx.seed,
-                   on_epoch=metric_logger(ctx.log_metric, "nad.teacher_{}"), progress=ctx.progress,
-                   label="NAD teacher fine-tuning")
+        self.fine_tune(teacher, ctx, params.teacher_config(), label="NAD teacher fine-tuning", metric_prefix="teacher_")
         teacher.eval()
         for prm in teacher.parameters():
             prm.requires_grad_(False)
@@ -126,10 +125,8 @@ class NeuralAttentionDistillation(Defense):
 
             # Nesterov momentum and a generator seeded with seed + 1: NAD's released code, and
             # batches that differ from the teacher's.
-            train_loop(model, ctx.unlearn, params.train_config(), ctx.device, ctx.seed + 1,
-                       loss=distillation_loss, nesterov=True, lr_drop_epoch=params.lr_drop_epoch,
-                       on_epoch=metric_logger(ctx.log_metric, "nad.{}"), progress=ctx.progress,
-                       label="NAD attention distillation")
+            self.fine_tune(model, ctx, params.train_config(), label="NAD attention distillation", seed_offset=1,
+                           loss=distillation_loss, nesterov=True, lr_drop_epoch=params.lr_drop_epoch)
         return model
 
 

@@ -47,8 +47,8 @@ from torch import Tensor, nn
 import bdtool
 from bdtool.core import interrupts
 from bdtool.core.compute.modules import frozen_eval
-from bdtool.core.compute.training import metric_logger, train_loop
-from bdtool.core.interfaces import Defense, DefenseContext, DetectionReport
+from bdtool.core.compute.training_defense import TrainingDefense
+from bdtool.core.interfaces import DefenseContext, DetectionReport
 from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 from bdtool.defenses._recipes import BackdoorBenchFinetuneParams
@@ -221,7 +221,7 @@ def unlearning_set(data: LabeledTensors, trigger: ReversedTrigger, ratio: float,
     return LabeledTensors(x, data.y.clone())
 
 
-class NeuralCleanse(Defense):
+class NeuralCleanse(TrainingDefense):
     """Reverse-engineer a trigger per class, flag the MAD outlier, unlearn its trigger (Wang et al. 2019)."""
 
     name = "nc"
@@ -249,9 +249,8 @@ class NeuralCleanse(Defense):
         if detection.detected is None:
             return model.eval()  # no backdoor detected: NC leaves the model as it is
         data = unlearning_set(ctx.unlearn, triggers[detection.detected], p.unlearning_ratio, ctx.seed)
-        train_loop(model, data, p.train_config(), ctx.device, ctx.seed,
-                   on_epoch=metric_logger(ctx.log_metric, "nc.unlearn_{}"), progress=ctx.progress,
-                   label="Neural Cleanse unlearning")
+        self.fine_tune(model, ctx, p.train_config(), data=data, label="Neural Cleanse unlearning",
+                       metric_prefix="unlearn_")
         return model
 
 

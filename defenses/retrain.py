@@ -20,8 +20,9 @@ from torch import nn
 
 import bdtool
 from bdtool.core.compute.modules import is_batchnorm
-from bdtool.core.compute.training import SGDParams, metric_logger, train_loop
+from bdtool.core.compute.training import SGDParams
 from bdtool.core.errors import DefenseInputError
+from bdtool.core.compute.training_defense import TrainingDefense
 from bdtool.core.interfaces import Defense, DefenseContext
 from bdtool.core.params import param
 
@@ -60,7 +61,7 @@ def reinitialise(model: nn.Module, owner: str = "retrain") -> nn.Module:
     return model
 
 
-class Retraining(Defense):
+class Retraining(TrainingDefense):
     """Train a fresh model of the same architecture on the clean training set (victim's recipe)."""
 
     name = "retrain"
@@ -84,9 +85,7 @@ class Retraining(Defense):
         config = self.recipe(ctx)
         torch.manual_seed(ctx.seed)
         fresh = reinitialise(model, self.name).to(ctx.device)
-        train_loop(fresh, ctx.train, config, ctx.device, ctx.seed,
-                   on_epoch=metric_logger(ctx.log_metric, "retrain.{}"), progress=ctx.progress,
-                   label="Retraining from scratch")
+        self.fine_tune(fresh, ctx, config, data=ctx.train, label="Retraining from scratch")
         return fresh
 
 

@@ -41,6 +41,8 @@ class Column:
     higher_is_better: bool
     scale: float = 1.0
     """100 for fractions shown in percent."""
+    plot: str = ""
+    """The metric's ``Metric.plot``: its place in the plots."""
 
     @property
     def title(self) -> str:
@@ -61,7 +63,8 @@ CLASS_REMOVED_MARK = "[class removed]"
 
 def metric_columns(metric_classes: Sequence[Any]) -> list[Column]:
     """The table columns of ``metric_classes`` (Metric subclasses), in order, then the time."""
-    cols = [Column(m.name, m.header or m.name, m.higher_is_better, 100.0 if m.percent else 1.0)
+    cols = [Column(m.name, m.header or m.name, m.higher_is_better, 100.0 if m.percent else 1.0,
+                   getattr(m, "plot", ""))
             for m in metric_classes]
     return cols + [TIME_COLUMN]
 
@@ -147,6 +150,8 @@ class Summary:
     meta: dict[str, Any]
     outcomes: list[dict[str, Any]]
     columns: list[Column] = field(default_factory=list)
+    plotted: list[Column] = field(default_factory=list)
+    """Every registered metric that declares a ``Metric.plot``, shown in the table or not."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "meta": self.meta, "columns": [c.key for c in self.columns],
@@ -164,7 +169,8 @@ class Summary:
         known = {c.key: c for c in [*metric_columns(metric_classes), *DETECTION_COLUMNS]}
         columns = [known.get(key, Column(key, key, True)) for key in data.get("columns", [])]
         return cls(data["title"], SummaryRow.from_dict(data["before"]), [SummaryRow.from_dict(r) for r in data["rows"]],
-                   dict(data.get("meta") or {}), list(data.get("runs") or []), columns)
+                   dict(data.get("meta") or {}), list(data.get("runs") or []), columns,
+                   [c for c in metric_columns(metric_classes) if c.plot])
 
 
 def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareConfig",
@@ -206,7 +212,8 @@ def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareCo
                    f"class {spec.target})")
     title = (f"{spec.dataset} / {spec.model} / {victim_text}, "
              f"mean ± std over {config.seeds} seed(s); {', '.join(percent)} in %")
-    return Summary(title, before_row, rows, meta, [o.to_dict() for o in outcomes], columns)
+    return Summary(title, before_row, rows, meta, [o.to_dict() for o in outcomes], columns,
+                   [c for c in metric_columns(metric_classes) if c.plot])
 
 
 def row_key(label: str, n: int | None) -> str:
@@ -344,17 +351,21 @@ def plot(summary: Summary, folder: Path) -> dict[str, Path]:
 
     out: dict[str, Path] = {}
     rows = [r for r in summary.rows if not r.failed]
-    if not rows or not all(k in r.stats for r in rows + [summary.before] for k in ("asr", "acc", "ctca", "score")):
-        return out  # the plots need the built-in metrics
+    bars = [c for c in summary.plotted if c.plot.startswith("bar")]
+    curves = [c for c in summary.plotted if c.plot == "curve"]
+    if not rows or not bars or not all(c.key in r.stats for r in rows + [summary.before] for c in bars + curves):
+        return out  # the metrics that declare a plot (Metric.plot) are missing: no plot
     labels = [f"{r.label}\nn={r.n}" for r in rows]
-    metrics = [("asr", "ASR"), ("acc", "ACC"), ("ctca", "CTCA")]
-    width = 0.27
+    width = 0.81 / len(bars)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4.5))
-    for i, (key, name) in enumerate(metrics):
-        xs = [j + (i - 1) * width for j in range(len(rows))]
-        ax.bar(xs, [100 * r.stats[key].mean for r in rows], width, yerr=[100 * r.stats[key].std for r in rows],
-               label=name, capsize=2)
-    ax.axhline(100 * summary.before.stats["acc"].mean, color="grey", linestyle=":", linewidth=1, label="ACC before")
+    for i, c in enumerate(bars):
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(rows))]
+        ax.bar(xs, [c.scale * r.stats[c.key].mean for r in rows], width,
+               yerr=[c.scale * r.stats[c.key].std for r in rows], label=c.header, capsize=2)
+    for c in bars:
+        if c.plot == "bar+before":
+            ax.axhline(c.scale * summary.before.stats[c.key].mean, color="grey", linestyle=":", linewidth=1,
+                       label=f"{c.header} before")
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("%")
@@ -362,25 +373,25 @@ def plot(summary: Summary, folder: Path) -> dict[str, Path]:
     ax.set_title(summary.title, fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out["bar_chart"] = folder / "asr_acc_ctca.png"
+    out["bar_chart"] = folder / f"{'_'.join(c.key for c in bars)}.png"
     with atomic_target(out["bar_chart"]) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     ns = sorted({r.n for r in rows if r.n is not None})
-    if len(ns) > 1:
+    for c in curves if len(ns) > 1 else []:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label in dict.fromkeys(r.label for r in rows):
-            series = sorted((r.n, r.stats["score"]) for r in rows if r.label == label)
-            ax.errorbar([n for n, _ in series], [s.mean for _, s in series], yerr=[s.std for _, s in series],
-                        marker="o", capsize=2, label=label)
+            series = sorted(((r.n, r.stats[c.key]) for r in rows if r.label == label), key=lambda p: p[0])
+            ax.errorbar([n for n, _ in series], [c.scale * s.mean for _, s in series],
+                        yerr=[c.scale * s.std for _, s in series], marker="o", capsize=2, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("unlearning samples n")
-        ax.set_ylabel("Score")
+        ax.set_ylabel(c.header)
         ax.legend(fontsize=7)
-        ax.set_title("Score vs n", fontsize=9)
+        ax.set_title(f"{c.header} vs n", fontsize=9)
         fig.tight_layout()
-        out["score_vs_n"] = folder / "score_vs_n.png"
-        with atomic_target(out["score_vs_n"]) as tmp:
+        out[f"{c.key}_vs_n"] = folder / f"{c.key}_vs_n.png"
+        with atomic_target(out[f"{c.key}_vs_n"]) as tmp:
             fig.savefig(tmp, dpi=120, format="png")
         plt.close(fig)
     return out

@@ -41,6 +41,7 @@ def score_range(reference: EvalResult | None) -> tuple[float, float] | None:
 
 class Score(Metric):
     name = "score"
+    plot = "curve"
     measures_removal = True
     mlflow_scale = 0.01
     header = "Score"
@@ -101,16 +102,19 @@ class EvaluationField(Metric):
 class AttackSuccessRate(EvaluationField):
     name, header, field = "asr", "ASR", "asr"
     higher_is_better = False
+    plot = "bar"
     description = "share of triggered non-target images classified as the target"
 
 
 class Accuracy(EvaluationField):
     name, header, field = "acc", "ACC", "acc"
+    plot = "bar+before"
     description = "clean accuracy on the evaluation half"
 
 
 class CleanTargetClassAccuracy(EvaluationField):
     name, header, field = "ctca", "CTCA", "ctca"
+    plot = "bar"
     description = "clean accuracy on target-class images"
 
 
