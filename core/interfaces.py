@@ -321,11 +321,38 @@ class Repair(_Parametrised, ABC):
 # --------------------------------------------------------------------------- metrics
 
 
+@dataclass
+class MetricProbe:
+    """What a metric that measures the defended model itself (``Metric.needs_model``) may use,
+    handed over by the runner after the defense (docs/architecture.md, "Metrics").
+
+    It never holds the evaluation half: ``asr`` and ``acc`` score a model on it and return only the
+    number, so a metric can train on the attack and the unseen pool (``pool``, where D_U comes
+    from) and be scored like every other, but never see an evaluation image."""
+
+    attack: Attack
+    pool: LabeledTensors
+    num_classes: int
+    device: torch.device
+    seed: int
+    asr: Callable[[nn.Module], float]
+    """The ASR of a model on the evaluation half (``evaluation.evaluate``)."""
+    acc: Callable[[nn.Module], float]
+    """The clean accuracy of a model on the evaluation half."""
+    train_recipe: "TrainConfig | None" = None
+    """The victim's SGD recipe (lr, momentum, weight decay: the victim's optimiser settings)."""
+    cache: dict[Any, Any] = field(default_factory=dict)
+    """Shared by the metrics of one run (two metrics of one retuned model retune it once)."""
+
+
 class Metric(ABC):
     """A number computed from an evaluation, optionally relative to the victim (reference).
 
     Every registered metric is computed for every defense run, logged to its MLflow run under
-    ``name`` and available as a table column (``bdtool compare --metric NAME``).
+    ``name`` and available as a table column (``bdtool compare --metric NAME``), except an
+    ``opt_in`` metric, computed only when a comparison names it. A metric that ``needs_model``
+    first ``measure``s the defended model (its value lands in ``EvalResult.extra[name]``, where
+    ``compute`` reads it).
     """
 
     name: ClassVar[str]
@@ -347,8 +374,19 @@ class Metric(ABC):
     """Measures how much of a backdoor was removed (Score, DER): undefined, NaN and shown "-", on a
     victim without a backdoor (poison rate 0), where there is nothing to remove."""
 
+    needs_model: ClassVar[bool] = False
+    """Measures the defended model itself (``measure``, with a ``MetricProbe``), not only its
+    evaluation; NaN ("-") where there is no defended model (the Before row)."""
+    opt_in: ClassVar[bool] = False
+    """Computed only when a comparison names it (``--metric NAME``): it costs more than reading the
+    evaluation (e.g. training a copy of the model)."""
+
     @abstractmethod
     def compute(self, result: "EvalResult", reference: "EvalResult | None" = None) -> float: ...
+
+    def measure(self, model: nn.Module, probe: MetricProbe) -> float:
+        """For a ``needs_model`` metric: its number for the defended ``model`` (never modified)."""
+        raise NotImplementedError(f"metric '{self.name}' declares needs_model but has no measure()")
 
     def value_range(self, reference: "EvalResult | None" = None) -> tuple[float, float] | None:
         """The values ``compute`` can give; one outside it is a bug in the metric or in what it was

@@ -9,16 +9,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
-
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch import nn
 
 from bdtool.core.compute.modules import preserve_modes
-from bdtool.core.interfaces import Attack
+from bdtool.core.interfaces import Attack, MetricProbe
 from bdtool.core.results import EvalResult
 from bdtool.core.tensors import LabeledTensors
+
+if TYPE_CHECKING:
+    from bdtool.core.compute.training import TrainConfig
+    from bdtool.core.experiment.splits import ExperimentData
 
 
 @torch.no_grad()
@@ -101,6 +104,48 @@ def check_metric_range(metric: Any, value: float, reference: EvalResult | None) 
         raise MetricRangeError(f"{value:g} is outside its range [{bounds[0]:g}, {bounds[1]:g}]: a bug in the metric "
                                "or in what it was given, not a result")
     return value
+
+
+def metric_probe(data: "ExperimentData", attack: Attack, train_recipe: "TrainConfig | None", seed: int,
+                 device: torch.device) -> MetricProbe:
+    """The :class:`MetricProbe` of one run: the attack, the unseen pool, the victim's recipe, and
+    the evaluation half only behind ``asr``/``acc`` (a metric gets numbers of it, never images)."""
+    evaluation = data.evaluation
+
+    def asr(model: nn.Module) -> float:
+        return evaluate(model, evaluation, attack, data.num_classes, device).asr
+
+    def acc(model: nn.Module) -> float:
+        return accuracy(model, evaluation, device)
+
+    return MetricProbe(attack=attack, pool=data.pool, num_classes=data.num_classes, device=device, seed=seed,
+                       asr=asr, acc=acc, train_recipe=train_recipe)
+
+
+def measure_model_metrics(metrics: Iterable[Any], model: nn.Module, probe: MetricProbe) -> tuple[dict[str, float], list[str]]:
+    """``measure`` of every metric of ``metrics`` that ``needs_model``, on the defended ``model``:
+    ``(values by name, errors)``; a metric that raises gives NaN and an error message, as in
+    :func:`compute_metrics`. The values go into ``EvalResult.extra``, where ``compute`` reads them."""
+    values: dict[str, float] = {}
+    errors: list[str] = []
+    for item in metrics:
+        cls = getattr(item, "obj", item)
+        if not getattr(cls, "needs_model", False):
+            continue
+        try:
+            values[cls.name] = float(cls().measure(model, probe))
+        except Exception as exc:  # noqa: BLE001 - a plugin's metric must not sink the run
+            values[cls.name] = float("nan")
+            errors.append(f"metric '{cls.name}' failed: {type(exc).__name__}: {exc}")
+    return values, errors
+
+
+def selected_metrics(metric_classes: Iterable[Any], named: Iterable[str]) -> list[Any]:
+    """The metrics a comparison computes: every one of ``metric_classes`` but the ``opt_in`` ones
+    it does not name (``--metric NAME``)."""
+    names = set(named)
+    return [m for m in metric_classes if not getattr(getattr(m, "obj", m), "opt_in", False)
+            or getattr(m, "obj", m).name in names]
 
 
 def compute_metrics(metrics: Iterable[Any], result: EvalResult, reference: EvalResult | None,

@@ -17,7 +17,8 @@ from bdtool.core import interrupts, tracking
 from bdtool.core.callbacks import DetectionReport
 from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.experiment.context import defense_context
-from bdtool.core.experiment.evaluation import compute_metrics, evaluate, to_mlflow_units
+from bdtool.core.experiment.evaluation import (compute_metrics, evaluate, measure_model_metrics, metric_probe,
+                                               to_mlflow_units)
 from bdtool.core.tracking.models import logged_model_name
 from bdtool.core.experiment.rows import RowSpec
 from bdtool.core.experiment.env import RunEnv
@@ -253,8 +254,15 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
             model = repair.repair(model, ctx)
         outcome.repair_time_s = watch.seconds
     result = evaluate(model, data.evaluation, victim.attack, data.num_classes, env.device)
+    if any(getattr(m, "needs_model", False) for m in job.metric_classes):  # e.g. re-activation: retunes a copy
+        probe = metric_probe(data, victim.attack, victim.train_config, seed, env.device)
+        measured, measure_errors = measure_model_metrics(job.metric_classes, model, probe)
+        result.extra.update(measured)
+    else:
+        measure_errors = []
     outcome.result = result
     outcome.metrics, errors = compute_metrics(job.metric_classes, result, victim.before, backdoored=spec.backdoored)
+    errors = measure_errors + errors
     for message in errors:  # a broken metric plugin costs its number, not the run
         env.progress.message(f"  {row.label} n={n} seed={seed}: {message}")
     if not log:
