@@ -83,6 +83,17 @@ class AttackContext:
     progress: "ProgressFn" = field(default_factory=lambda: _no_progress)
 
 
+ALL_TO_ALL = -1
+"""The target of an all-to-all backdoor (``--target all-to-all``): an image of class y, stamped,
+goes to (y + 1) mod K. ``Attack.target_class`` holds it; there is then no single target class
+(no CTCA, no null row, no target label to know; docs/attacks.md, "All-to-all")."""
+
+
+def target_text(target: int) -> str:
+    """How tables and messages name a target: the class, or ``all-to-all``."""
+    return "all-to-all" if target == ALL_TO_ALL else str(target)
+
+
 class Attack(_Parametrised, ABC):
     """A backdoor attack: a trigger stamped on images and a target class.
 
@@ -101,6 +112,29 @@ class Attack(_Parametrised, ABC):
     def __init__(self, target_class: int = 0, params: Any | None = None) -> None:
         super().__init__(params)
         self.target_class = int(target_class)
+        self.num_classes: int | None = None
+        """The data set's class count, set by the pipeline before ``poison`` (an all-to-all
+        backdoor's labels need it)."""
+
+    @property
+    def all_to_all(self) -> bool:
+        """True when every class has its own target, (y + 1) mod K (``ALL_TO_ALL``)."""
+        return self.target_class == ALL_TO_ALL
+
+    def target_labels(self, y: Tensor, num_classes: int | None = None) -> Tensor:
+        """The label a stamped image of true class ``y`` is poisoned to: the target class, or
+        (y + 1) mod K for an all-to-all backdoor (K = ``num_classes`` or ``self.num_classes``)."""
+        if not self.all_to_all:
+            return torch.full_like(y, self.target_class)
+        k = num_classes if num_classes is not None else self.num_classes
+        if k is None:
+            raise BdtoolError("an all-to-all backdoor needs the number of classes (attack.num_classes)")
+        return (y + 1) % k
+
+    def trigger_candidates(self, y: Tensor) -> Tensor:
+        """Indices of the images a dirty-label attack may poison: every non-target image, every
+        image for an all-to-all backdoor."""
+        return torch.arange(len(y)) if self.all_to_all else torch.nonzero(y != self.target_class).flatten()
 
     @abstractmethod
     def apply(self, x: Tensor) -> Tensor:
@@ -115,7 +149,7 @@ class Attack(_Parametrised, ABC):
         ``generator``, stamped with ``apply`` and relabelled to the target class."""
         if not 0.0 <= rate < 1.0:
             raise BdtoolError(f"poison rate must be in [0, 1), got {rate}")
-        candidates = torch.nonzero(data.y != self.target_class).flatten()
+        candidates = self.trigger_candidates(data.y)
         n_poison = int(round(rate * len(data)))
         if n_poison > len(candidates):
             raise BdtoolError(
@@ -125,12 +159,15 @@ class Attack(_Parametrised, ABC):
         y = data.y.clone()
         if n_poison:
             x[chosen] = self.apply(x[chosen])
-            y[chosen] = self.target_class
+            y[chosen] = self.target_labels(data.y[chosen])
         return Poisoning(LabeledTensors(x, y), chosen)
 
     def target_class_share(self, data: LabeledTensors, rate: float, generator: torch.Generator) -> Tensor:
         """For clean-label attacks: ``round(rate * n_target)`` target-class indices, drawn with
         ``generator``, sorted (``rate`` in [0, 1] of the target class)."""
+        if self.all_to_all:
+            raise BdtoolError(f"'{self.name}' is a clean-label attack (it keeps every label, poisoning only the target "
+                              "class) and cannot be all-to-all; use a dirty-label attack with --target all-to-all")
         if not 0.0 <= rate <= 1.0:
             raise BdtoolError(f"poison rate of a clean-label attack (a share of the target class) must be in [0, 1], got {rate}")
         candidates = torch.nonzero(data.y == self.target_class).flatten()
@@ -233,6 +270,9 @@ class Defense(_Parametrised, ABC):
     empty = just its name. The core never names a defense: each declares its own rows."""
     row_order: ClassVar[int] = 100
     """Where its rows go in the default comparison (lower first, then by name)."""
+    uses_attack_target: ClassVar[bool] = False
+    """True = with the trigger it also uses the attack's (single) target class: refused under
+    knowledge ``trigger`` on an all-to-all backdoor, which has none (docs/attacks.md, "All-to-all")."""
     in_default_comparison: ClassVar[bool] = True
     """False: a plain ``bdtool compare`` (no ``--defense``) leaves this defense out; it runs only
     when a row names it (e.g. a defense too slow for the default comparison)."""

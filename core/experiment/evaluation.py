@@ -1,7 +1,9 @@
 """Evaluation and the Score (docs/architecture.md, "Metrics"; README "Metrics").
 
 - ACC: clean accuracy on the evaluation half; CTCA: clean accuracy on its target-class images.
-- ASR: share of non-target evaluation images, stamped with the trigger, classified as the target.
+- ASR: share of non-target evaluation images, stamped with the trigger, classified as the target;
+  for an all-to-all backdoor (``ALL_TO_ALL``), of every stamped image of class y classified as
+  (y + 1) mod K, also per source class (``extra["asr_class_<y>"]``), and no CTCA (NaN).
 - Per-class and minimum class accuracy (the supplement notes its Score misses a lost class, §B.1).
 - Score = 100 · (ACC_after / ACC_before) · max(0, 1 − ASR_after / ASR_before) — reconstructed; it
   fits the supplement's Table 7 rows within about half a point.
@@ -53,6 +55,8 @@ def evaluate(model: nn.Module, data: LabeledTensors, attack: Attack, num_classes
         members = y == c
         per_class.append(float(correct[members].float().mean()) if members.any() else float("nan"))
     target = attack.target_class
+    if attack.all_to_all:
+        return _all_to_all_result(model, data, attack, num_classes, device, correct, per_class)
     non_target = y != target
     stamped = attack.apply(data.x[non_target])
     asr = float((predict(model, stamped, device) == target).float().mean()) if non_target.any() else float("nan")
@@ -64,6 +68,19 @@ def evaluate(model: nn.Module, data: LabeledTensors, attack: Attack, num_classes
         n_eval=len(y),
         target_class=target,
     )
+
+
+def _all_to_all_result(model: nn.Module, data: LabeledTensors, attack: Attack, num_classes: int,
+                       device: torch.device, correct: torch.Tensor, per_class: list[float]) -> EvalResult:
+    """An all-to-all backdoor's evaluation: ASR per source class y (the share of its stamped images
+    classified as (y + 1) mod K, in ``extra["asr_class_<y>"]``) and overall (of every stamped image);
+    CTCA is NaN: there is no target class."""
+    y = data.y.cpu()
+    hits = predict(model, attack.apply(data.x), device) == attack.target_labels(y, num_classes)
+    extra = {f"asr_class_{c}": float(hits[y == c].float().mean()) for c in range(num_classes) if (y == c).any()}
+    return EvalResult(acc=float(correct.float().mean()), asr=float(hits.float().mean()) if len(y) else float("nan"),
+                      ctca=float("nan"), per_class_acc=per_class, n_eval=len(y), target_class=attack.target_class,
+                      extra=extra)
 
 
 def score(after: EvalResult, before: EvalResult) -> float:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from bdtool.core.errors import BdtoolError
+from bdtool.core.interfaces import Attack
 from bdtool.core.tensors import LabeledTensors
 
 
@@ -35,15 +36,15 @@ class PoisonDraw:
     cover_order: Tensor
 
 
-def draw_payload_and_cover(data: LabeledTensors, target_class: int, rate: float, cover_ratio: float,
+def draw_payload_and_cover(data: LabeledTensors, attack: Attack, rate: float, cover_ratio: float,
                            generator: torch.Generator) -> PoisonDraw:
-    """``round(rate · N)`` payload samples among the non-target images (bdtool's dirty-label
-    protocol, ``Attack.poison``) and ``round(cover_ratio · n_payload)`` regularization samples among
-    the remaining images of any class (the authors draw them disjoint from the payload), both with
-    ``generator``."""
+    """``round(rate · N)`` payload samples among the images ``attack`` may poison (the non-target
+    ones: bdtool's dirty-label protocol, ``Attack.poison``; all of them for an all-to-all backdoor)
+    and ``round(cover_ratio · n_payload)`` regularization samples among the remaining images of any
+    class (the authors draw them disjoint from the payload), both with ``generator``."""
     if not 0.0 <= rate < 1.0:
         raise BdtoolError(f"poison rate must be in [0, 1), got {rate}")
-    candidates = torch.nonzero(data.y != target_class).flatten()
+    candidates = attack.trigger_candidates(data.y)
     n_payload = int(round(rate * len(data)))
     if n_payload > len(candidates):
         raise BdtoolError(f"poison rate {rate} needs {n_payload} non-target samples; only {len(candidates)} exist")

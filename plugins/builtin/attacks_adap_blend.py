@@ -101,14 +101,14 @@ class AdapBlend(Attack):
     def poison(self, data: LabeledTensors, rate: float, generator: torch.Generator) -> Poisoning:
         """Payload (relabelled) and regularization (labels kept) samples, each blended with
         ``alpha`` through its own random half of the tiles (§4)."""
-        draw = draw_payload_and_cover(data, self.target_class, rate, self.params.cover_ratio, generator)
+        draw = draw_payload_and_cover(data, self, rate, self.params.cover_ratio, generator)
         x, y = data.x.clone(), data.y.clone()
         changed = torch.cat([draw.payload, draw.cover])
         if len(changed):
             h, w = x.shape[-2:]
             masks = self.training_masks(len(changed), h, w, generator).to(x.device, x.dtype)
             x[changed] = blend(x[changed], self.pattern(tuple(x.shape), x.device), self.params.alpha, masks)
-            y[draw.payload] = self.target_class
+            y[draw.payload] = self.target_labels(data.y[draw.payload])
         return Poisoning(LabeledTensors(x, y), draw.payload, draw.cover)
 
 

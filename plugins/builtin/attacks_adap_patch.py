@@ -109,7 +109,7 @@ class AdapPatch(Attack):
     def poison(self, data: LabeledTensors, rate: float, generator: torch.Generator) -> Poisoning:
         """Payload (relabelled) and regularization (labels kept) samples; the j-th drawn of each
         carries patch j mod k at its training opacity (an equal share per patch, §4)."""
-        draw = draw_payload_and_cover(data, self.target_class, rate, self.params.cover_ratio, generator)
+        draw = draw_payload_and_cover(data, self, rate, self.params.cover_ratio, generator)
         x, y = data.x.clone(), data.y.clone()
         patches = self.patches(tuple(x.shape), x.device)
         k = len(patches)
@@ -118,7 +118,7 @@ class AdapPatch(Attack):
                 idx = order[j::k]
                 if len(idx):
                     x[idx] = blend(x[idx], pattern.to(x.dtype), self.params.alphas[j], mask.to(x.dtype))
-        y[draw.payload] = self.target_class
+        y[draw.payload] = self.target_labels(data.y[draw.payload])
         return Poisoning(LabeledTensors(x, y), draw.payload, draw.cover)
 
 

@@ -112,13 +112,13 @@ class ProjAware(Attack):
     def poison(self, data: LabeledTensors, rate: float, generator: torch.Generator) -> Poisoning:
         """Payload images (relabelled) and regularization images (labels kept), each with a variant
         drawn uniformly with ``generator``."""
-        draw = draw_payload_and_cover(data, self.target_class, rate, self.params.cover_ratio, generator)
+        draw = draw_payload_and_cover(data, self, rate, self.params.cover_ratio, generator)
         x, y = data.x.clone(), data.y.clone()
         changed = torch.cat([draw.payload, draw.cover])
         if len(changed):
             which = torch.randint(self.params.variants, (len(changed),), generator=generator)
             x[changed] = self.stamp(x[changed], which)
-            y[draw.payload] = self.target_class
+            y[draw.payload] = self.target_labels(data.y[draw.payload])
         return Poisoning(LabeledTensors(x, y), draw.payload, draw.cover)
 
 

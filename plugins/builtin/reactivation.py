@@ -47,18 +47,19 @@ everything (measured: ACC 10 % after 10 steps on 5 poisoned samples alone)."""
 
 def retuning_set(probe: MetricProbe, k: int, clean: int = DEFAULT_CLEAN) -> LabeledTensors:
     """``k`` non-target images of the unseen pool, stamped with the trigger and labelled with the
-    target, and ``clean`` other pool images with their own labels, drawn with ``probe.seed``
+    target (all-to-all: any images, each labelled (y + 1) mod K), and ``clean`` other pool images with their own labels, drawn with ``probe.seed``
     (fewer when the pool holds fewer)."""
-    pool, target = probe.pool, probe.attack.target_class
+    pool = probe.pool
     gen = torch.Generator().manual_seed(probe.seed)
     order = torch.randperm(len(pool), generator=gen)
-    non_target = order[pool.y[order] != target]
-    poisoned = non_target[:k]
+    allowed = torch.zeros(len(pool), dtype=torch.bool)
+    allowed[probe.attack.trigger_candidates(pool.y)] = True  # non-target images; every image when all-to-all
+    poisoned = order[allowed[order]][:k]
     rest = torch.ones(len(pool), dtype=torch.bool)
     rest[poisoned] = False
     kept = order[rest[order]][:clean]
     x = torch.cat([probe.attack.apply(pool.x[poisoned]), pool.x[kept]])
-    y = torch.cat([torch.full((len(poisoned),), target, dtype=torch.long), pool.y[kept]])
+    y = torch.cat([probe.attack.target_labels(pool.y[poisoned], probe.num_classes), pool.y[kept]])
     return LabeledTensors(x, y)
 
 
