@@ -12,7 +12,7 @@
   [0, 1]; shown ×100 so it can be set beside BackdoorBench's tables.
 - ``asr``, ``acc``, ``ctca``, ``min_class_acc``: the evaluation's own numbers.
 - ``reactivation``, ``reactivation_acc`` (opt-in: ``--metric reactivation``): the ASR and ACC after
-  a copy of the defended model is fine-tuned on 5 poisoned samples of the unseen pool
+  a copy of the defended model is fine-tuned on 5 poisoned (and 45 clean) samples of the unseen pool
   (``plugins/builtin/reactivation.py``; the retuning attack of Min et al., NeurIPS 2024).
 """
 
@@ -25,7 +25,8 @@ import bdtool
 from bdtool.core.experiment.evaluation import score
 from bdtool.core.interfaces import Metric, MetricProbe
 from bdtool.core.results import EvalResult
-from bdtool.plugins.builtin.reactivation import DEFAULT_K, reactivated_acc, reactivated_asr
+from bdtool.plugins.builtin.reactivation import (DEFAULT_CLEAN, DEFAULT_K, DEFAULT_STEPS, LR_FACTOR, reactivated_acc,
+                                                  reactivated_asr)
 
 
 def _need(reference: EvalResult | None, name: str) -> EvalResult:
@@ -138,8 +139,9 @@ class MeasuredField(Metric):
 class ReactivatedASR(MeasuredField):
     name, header = "reactivation", "ReASR"
     higher_is_better = False
-    description = (f"opt-in: ASR after fine-tuning a copy of the defended model on {DEFAULT_K} poisoned pool samples "
-                   "(victim's optimiser, 10 steps); read beside asr")
+    description = (f"opt-in: ASR after fine-tuning a copy of the defended model on {DEFAULT_K} poisoned + "
+                   f"{DEFAULT_CLEAN} clean pool samples (victim's SGD at lr x {LR_FACTOR:g}, {DEFAULT_STEPS} steps); "
+                   "read beside asr")
 
     def measure(self, model, probe: MetricProbe) -> float:
         return reactivated_asr(model, probe)
