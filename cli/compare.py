@@ -134,6 +134,7 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
     """``--dry-run``: every check a comparison makes before work (``check_comparison``), the plan
     printed, nothing trained or logged."""
     from bdtool.core.experiment.runner import check_comparison
+    from bdtool.core.interfaces import target_text
 
     plan = check_comparison(config, env).to_dict()
     spec = config.spec
@@ -143,7 +144,7 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
     if not json_:
         click.echo(f"dry run: {plan['runs']} run(s) = {len(plan['rows'])} row(s) × n {plan['samples']} × "
                    f"{plan['seeds']} seed(s) on {spec.dataset}/{spec.model} ({spec.victim_kind()} victim, "
-                   f"{spec.attack} target {spec.target}); every input checked, nothing run")
+                   f"{spec.attack} target {target_text(spec.target)}); every input checked, nothing run")
         for label in plan["rows"]:
             click.echo(f"  {label}")
     return plan

@@ -166,8 +166,9 @@ def check_all_to_all(text: str, cls: type[Defense], knowledge: Knowledge, explic
                                         "all-to-all backdoor does not have; use knowledge=trigger or none")
         return Knowledge.NONE
     if knowledge is Knowledge.TRIGGER and cls.uses_attack_target:
+        fix = "use knowledge=none" if Knowledge.NONE in cls.usable_knowledge() else "leave it out (it needs the trigger)"
         raise InvalidParameterError(f"--defense {text}: '{name}' with the trigger also uses the attack's single target "
-                                    "class, which an all-to-all backdoor does not have; use knowledge=none")
+                                    f"class, which an all-to-all backdoor does not have; {fix}")
     return knowledge
 
 

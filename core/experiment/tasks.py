@@ -23,7 +23,7 @@ from bdtool.core.tracking.models import logged_model_name
 from bdtool.core.experiment.rows import RowSpec
 from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.victim_spec import Victim
-from bdtool.core.interfaces import Knowledge
+from bdtool.core.interfaces import Knowledge, target_text
 from bdtool.core.results import EvalResult
 from bdtool.core.tracking.failures import ArtifactLogError, is_store_error, store_error_line
 from bdtool.core.tracking.inputs import log_dataset_input
@@ -306,7 +306,7 @@ def _defense_description(row: RowSpec, n: int, seed: int, params: dict[str, Any]
     """The run's description (Markdown) in the MLflow UI: what this run of the comparison is."""
     spec = victim.spec
     lines = [f"**{row.label}**: defense `{row.defense_name}`, knowledge `{row.knowledge_label}`, n={n}, seed={seed}",
-             "", f"Victim: {spec.dataset} / {spec.model} / {spec.attack} (target {spec.target}, poison rate "
+             "", f"Victim: {spec.dataset} / {spec.model} / {spec.attack} (target {target_text(spec.target)}, poison rate "
              f"{spec.poison_rate:g}), run `{victim.run_id}`."]
     if row.repair_lr is not None:
         lines += ["", f"Repair: `{row.repair_cls.name if row.repair_cls is not None else ''}` lr={row.repair_lr:g}"]
