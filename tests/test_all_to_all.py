@@ -131,3 +131,17 @@ def test_a_comparison_on_an_all_to_all_victim_runs(mlflow_store, monkeypatch):
     clean_label = CliRunner().invoke(main, ["compare", "--device", "cpu", "--target", "all-to-all", "--attack", "sig",
                                             "--defense", "basicft", "--dry-run"])
     assert clean_label.exit_code != 0 and "cannot be all-to-all" in clean_label.output
+
+
+def test_found_counts_any_flagged_class_on_an_all_to_all_victim():
+    from types import SimpleNamespace
+
+    from bdtool.core.experiment.report import detection_share
+    from bdtool.core.experiment.victim_spec import VictimSpec
+
+    outcomes = [SimpleNamespace(detection={"detected": True, "target": 3}),
+                SimpleNamespace(detection={"detected": False, "target": 5})]
+    column, share = detection_share(outcomes, VictimSpec(target=ALL_TO_ALL))
+    assert column.key == "found" and share.mean == 0.5  # class 3 is a target too
+    _, single = detection_share(outcomes, VictimSpec(target=0))
+    assert single.mean == 0.0  # a single-target victim: only its target counts

@@ -256,11 +256,14 @@ def summary_table(summary: Summary) -> dict[str, list[Any]]:
 
 def detection_share(outcomes: Sequence["RunOutcome"], spec: Any) -> tuple[Column, Stat] | None:
     """The detection column's cell for one row: over the seeds whose defense reported a verdict,
-    the share flagged at the victim's target (backdoored victim) or flagged at all (clean victim);
+    the share flagged at the victim's target (backdoored victim) or flagged at all (clean victim, or
+    an all-to-all backdoor, whose every class is a target);
     None when no seed reported one."""
     verdicts = [o.detection for o in outcomes if o.detection is not None]
     if not verdicts:
         return None
+    if spec.backdoored and spec.target == ALL_TO_ALL:  # every class is a target: any flagged class is one
+        return FOUND_COLUMN, stat([float(bool(d["detected"])) for d in verdicts])
     if spec.backdoored:
         return FOUND_COLUMN, stat([float(bool(d["detected"]) and d.get("target") == spec.target) for d in verdicts])
     return FLAGGED_COLUMN, stat([float(bool(d["detected"])) for d in verdicts])
