@@ -7,7 +7,7 @@
 #
 #   OMP_NUM_THREADS=1 bash benchmarks/adaptive_compare.sh sqlite:////tmp/me/mlflow.db [PART ...]
 #
-# PART: adaptive, reactivation, all-to-all, rank (default: all four).
+# PART: adaptive, reactivation, all-to-all, rank (default: these four), fashion.
 set -euo pipefail
 URI=${1:?give the MLflow store, e.g. sqlite:////tmp/me/mlflow.db}
 shift
@@ -36,6 +36,11 @@ for part in "${PARTS[@]}"; do
     rank)
       run proj_aware_rank --attack proj-aware:size=3 --poison-rate 0.1 --defense ours-proj \
         --defense ours-proj:max_rank=16 --defense ours-proj:max_rank=32 --defense ours-proj:max_rank=32,knowledge=none ;;
+    fashion)  # Fashion-MNIST, victim seed 0: the adap-blend victim, ours-proj on it, then the clean model
+      "$BDTOOL" train --device cpu --tracking-uri "$URI" --dataset fashion-mnist --attack adap-blend --poison-rate 0.05 --json
+      run fashion_adap_blend --dataset fashion-mnist --attack adap-blend --poison-rate 0.05 --defense ours-proj \
+        --defense ours-proj:knowledge=none
+      "$BDTOOL" train --device cpu --tracking-uri "$URI" --dataset fashion-mnist --attack badnets --poison-rate 0 --json ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done
