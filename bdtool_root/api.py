@@ -41,6 +41,7 @@ from bdtool.core.interfaces import (
     Knowledge,
     Metric,
     MetricLogFn,
+    MetricProbe,
     ModelArchitecture,
     Poisoning,
     ProgressFn,
@@ -57,6 +58,8 @@ __all__ = [
     "Attack", "Defense", "Repair", "Metric", "DatasetSource", "ModelArchitecture", "Sweep",
     # what a defense receives and returns
     "DefenseContext", "Knowledge", "LabeledTensors", "DataBundle", "EvalResult", "ProgressFn", "MetricLogFn",
+    # what a metric that measures the defended model receives (Metric.needs_model)
+    "MetricProbe",
     # what an attack receives and returns when it poisons (docs/attacks.md)
     "AttackContext", "Poisoning",
     # errors (a user mistake: one line, non-zero exit)

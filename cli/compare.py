@@ -41,14 +41,14 @@ def compare_and_report(texts: list[str], samples: list[int], seeds: int, knowled
     ``--output`` files, and return the summary as a dict (with ``parent_run_id``, ``status``,
     ``runs_total`` and ``runs_failed``); failed runs are said in one line on stderr."""
     from bdtool.core.experiment.report import CLASS_REMOVED_MARK, format_text_table
-    from bdtool.core.interfaces import Knowledge
+    from bdtool.core.interfaces import ALL_TO_ALL, Knowledge
     from bdtool.core.experiment.rows import parse_rows
     from bdtool.core.experiment.runner import CompareConfig, failed_outcomes, failure_details, run_comparison
     from bdtool.core.experiment.components import check_model_name, dataset_source
 
     registries = env.registries
     # Validate everything before any work starts or any run is created.
-    rows = parse_rows(texts, Knowledge.parse(knowledge), registries)
+    rows = parse_rows(texts, Knowledge.parse(knowledge), registries, all_to_all=spec.target == ALL_TO_ALL)
     for name in metrics or []:
         registries.metrics.get(name)
     dataset_source(registries, spec.dataset)
@@ -134,6 +134,7 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
     """``--dry-run``: every check a comparison makes before work (``check_comparison``), the plan
     printed, nothing trained or logged."""
     from bdtool.core.experiment.runner import check_comparison
+    from bdtool.core.interfaces import target_text
 
     plan = check_comparison(config, env).to_dict()
     spec = config.spec
@@ -144,7 +145,7 @@ def dry_run_payload(config, env, json_: bool) -> dict[str, Any]:
     if not json_:
         click.echo(f"dry run: {plan['runs']} run(s) = {len(plan['rows'])} row(s) × n {plan['samples']} × "
                    f"{plan['seeds']} seed(s) on {spec.dataset}/{spec.model} ({spec.victim_kind()} victim, "
-                   f"{spec.attack} target {spec.target}); every input checked, nothing run")
+                   f"{spec.attack} target {target_text(spec.target)}); every input checked, nothing run")
         for label in plan["rows"]:
             click.echo(f"  {label}")
     return plan
@@ -191,7 +192,7 @@ def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models,
     """
     preflight(tracking_uri, output)
     from bdtool.core.experiment.rows import default_rows_under
-    from bdtool.core.interfaces import Knowledge
+    from bdtool.core.interfaces import ALL_TO_ALL, Knowledge
 
     spec = make_spec(dataset, model, attack, target, poison_rate, victim_seed, epochs, victim, model_arg, normalize)
     registration = None
@@ -208,10 +209,12 @@ def compare(defenses, samples, seeds, knowledge, metrics, output, no_log_models,
     env = make_env(device, data_dir, download, tracking_uri, experiment, quiet=json_)
     texts = list(defenses)
     if not texts:
-        texts, skipped = default_rows_under(Knowledge.parse(knowledge), env.registries)
+        all_to_all = spec.target == ALL_TO_ALL
+        texts, skipped = default_rows_under(Knowledge.parse(knowledge), env.registries, all_to_all)
         for text, reason in skipped:
             if not json_:
-                click.echo(f"default row '{text}' left out under --knowledge {knowledge}: {reason}", err=True)
+                under = "an all-to-all backdoor" if all_to_all else f"--knowledge {knowledge}"
+                click.echo(f"default row '{text}' left out under {under}: {reason}", err=True)
     runner = make_executor(executor, ray_address, gpus_per_task, cpus_per_task)
     try:
         payload = compare_and_report(texts, list(samples) or [50], seeds, knowledge, spec, env, output, json_,

@@ -227,10 +227,12 @@ def train(dataset, model, model_arg, normalize, attack, target, poison_rate, vic
     bundle = load_dataset(spec.dataset, env)
     _, recipe = check_victim_spec(spec, env, bundle)
     if dry_run:
+        from bdtool.core.interfaces import target_text
+
         say_plan({"dry_run": True, "dataset": spec.dataset, "model": spec.model, "attack": spec.attack,
                   "target": spec.target, "poison_rate": spec.poison_rate, "seed": spec.seed, "epochs": recipe.epochs},
                  f"would train a {spec.victim_kind()} {spec.dataset}/{spec.model} victim ({spec.attack} target "
-                 f"{spec.target}, poison rate {spec.poison_rate}, {recipe.epochs} epochs)", json_)
+                 f"{target_text(spec.target)}, poison rate {spec.poison_rate}, {recipe.epochs} epochs)", json_)
         return
     report_orphans(tracking_uri)
     victim = get_victim(spec, env, retrain=retrain, bundle=bundle)

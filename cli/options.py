@@ -37,6 +37,28 @@ CLASS = click.IntRange(min=0, max=INT_LIMIT)
 """A class index; its upper bound is the data set's, checked once the data set is known."""
 
 
+class TargetType(click.ParamType):
+    """``--target``: a class index (as ``CLASS``) or ``all-to-all`` (every class y to (y + 1) mod K,
+    ``ALL_TO_ALL``; docs/attacks.md, "All-to-all")."""
+
+    name = "CLASS|all-to-all"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from bdtool.core.interfaces import ALL_TO_ALL
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            return CLASS.convert(value, param, ctx) if value != ALL_TO_ALL else value
+        if str(value).strip().lower() in ("all-to-all", "all2all", "all"):
+            return ALL_TO_ALL
+        try:
+            return CLASS.convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"{value!r} is neither a class index (0 or more) nor all-to-all", param, ctx)
+
+
+TARGET = TargetType()
+
+
 class FiniteFloatRange(click.FloatRange):
     """click.FloatRange that refuses NaN and inf (click's own lets NaN through every bound)."""
 
@@ -101,7 +123,8 @@ victim_options = _stack(
                       "[0, 1]."),
     click.option("--attack", default="badnets", show_default=True, shell_complete=plugin_names("attacks", True),
                  help="Attack name, optionally NAME:k=v,..."),
-    click.option("--target", default=0, show_default=True, type=CLASS, help="Backdoor target class."),
+    click.option("--target", default=0, show_default=True, type=TARGET,
+                 help="Backdoor target class, or all-to-all (class y to y+1 mod K; dirty-label attacks only)."),
     click.option("--poison-rate", default=0.05, show_default=True, type=POISON_RATE, help="Share poisoned: of the training set (dirty-label attacks) or of the target class (clean-label sig, lc; docs/attacks.md)."),
     click.option("--victim-seed", default=0, show_default=True, type=SEED, help="Seed of the victim's poisoning and training."),
     click.option("--epochs", type=COUNT, default=None, help="Victim training epochs (default: the dataset's recipe)."),

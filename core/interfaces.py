@@ -83,6 +83,17 @@ class AttackContext:
     progress: "ProgressFn" = field(default_factory=lambda: _no_progress)
 
 
+ALL_TO_ALL = -1
+"""The target of an all-to-all backdoor (``--target all-to-all``): an image of class y, stamped,
+goes to (y + 1) mod K. ``Attack.target_class`` holds it; there is then no single target class
+(no CTCA, no null row, no target label to know; docs/attacks.md, "All-to-all")."""
+
+
+def target_text(target: int) -> str:
+    """How tables and messages name a target: the class, or ``all-to-all``."""
+    return "all-to-all" if target == ALL_TO_ALL else str(target)
+
+
 class Attack(_Parametrised, ABC):
     """A backdoor attack: a trigger stamped on images and a target class.
 
@@ -101,6 +112,29 @@ class Attack(_Parametrised, ABC):
     def __init__(self, target_class: int = 0, params: Any | None = None) -> None:
         super().__init__(params)
         self.target_class = int(target_class)
+        self.num_classes: int | None = None
+        """The data set's class count, set by the pipeline before ``poison`` (an all-to-all
+        backdoor's labels need it)."""
+
+    @property
+    def all_to_all(self) -> bool:
+        """True when every class has its own target, (y + 1) mod K (``ALL_TO_ALL``)."""
+        return self.target_class == ALL_TO_ALL
+
+    def target_labels(self, y: Tensor, num_classes: int | None = None) -> Tensor:
+        """The label a stamped image of true class ``y`` is poisoned to: the target class, or
+        (y + 1) mod K for an all-to-all backdoor (K = ``num_classes`` or ``self.num_classes``)."""
+        if not self.all_to_all:
+            return torch.full_like(y, self.target_class)
+        k = num_classes if num_classes is not None else self.num_classes
+        if k is None:
+            raise BdtoolError("an all-to-all backdoor needs the number of classes (attack.num_classes)")
+        return (y + 1) % k
+
+    def trigger_candidates(self, y: Tensor) -> Tensor:
+        """Indices of the images a dirty-label attack may poison: every non-target image, every
+        image for an all-to-all backdoor."""
+        return torch.arange(len(y)) if self.all_to_all else torch.nonzero(y != self.target_class).flatten()
 
     @abstractmethod
     def apply(self, x: Tensor) -> Tensor:
@@ -115,7 +149,7 @@ class Attack(_Parametrised, ABC):
         ``generator``, stamped with ``apply`` and relabelled to the target class."""
         if not 0.0 <= rate < 1.0:
             raise BdtoolError(f"poison rate must be in [0, 1), got {rate}")
-        candidates = torch.nonzero(data.y != self.target_class).flatten()
+        candidates = self.trigger_candidates(data.y)
         n_poison = int(round(rate * len(data)))
         if n_poison > len(candidates):
             raise BdtoolError(
@@ -125,12 +159,15 @@ class Attack(_Parametrised, ABC):
         y = data.y.clone()
         if n_poison:
             x[chosen] = self.apply(x[chosen])
-            y[chosen] = self.target_class
+            y[chosen] = self.target_labels(data.y[chosen])
         return Poisoning(LabeledTensors(x, y), chosen)
 
     def target_class_share(self, data: LabeledTensors, rate: float, generator: torch.Generator) -> Tensor:
         """For clean-label attacks: ``round(rate * n_target)`` target-class indices, drawn with
         ``generator``, sorted (``rate`` in [0, 1] of the target class)."""
+        if self.all_to_all:
+            raise BdtoolError(f"'{self.name}' is a clean-label attack (it keeps every label, poisoning only the target "
+                              "class) and cannot be all-to-all; use a dirty-label attack with --target all-to-all")
         if not 0.0 <= rate <= 1.0:
             raise BdtoolError(f"poison rate of a clean-label attack (a share of the target class) must be in [0, 1], got {rate}")
         candidates = torch.nonzero(data.y == self.target_class).flatten()
@@ -233,6 +270,9 @@ class Defense(_Parametrised, ABC):
     empty = just its name. The core never names a defense: each declares its own rows."""
     row_order: ClassVar[int] = 100
     """Where its rows go in the default comparison (lower first, then by name)."""
+    uses_attack_target: ClassVar[bool] = False
+    """True = with the trigger it also uses the attack's (single) target class: refused under
+    knowledge ``trigger`` on an all-to-all backdoor, which has none (docs/attacks.md, "All-to-all")."""
     in_default_comparison: ClassVar[bool] = True
     """False: a plain ``bdtool compare`` (no ``--defense``) leaves this defense out; it runs only
     when a row names it (e.g. a defense too slow for the default comparison)."""
@@ -321,11 +361,38 @@ class Repair(_Parametrised, ABC):
 # --------------------------------------------------------------------------- metrics
 
 
+@dataclass
+class MetricProbe:
+    """What a metric that measures the defended model itself (``Metric.needs_model``) may use,
+    handed over by the runner after the defense (docs/architecture.md, "Metrics").
+
+    It never holds the evaluation half: ``asr`` and ``acc`` score a model on it and return only the
+    number, so a metric can train on the attack and the unseen pool (``pool``, where D_U comes
+    from) and be scored like every other, but never see an evaluation image."""
+
+    attack: Attack
+    pool: LabeledTensors
+    num_classes: int
+    device: torch.device
+    seed: int
+    asr: Callable[[nn.Module], float]
+    """The ASR of a model on the evaluation half (``evaluation.evaluate``)."""
+    acc: Callable[[nn.Module], float]
+    """The clean accuracy of a model on the evaluation half."""
+    train_recipe: "TrainConfig | None" = None
+    """The victim's SGD recipe (lr, momentum, weight decay: the victim's optimiser settings)."""
+    cache: dict[Any, Any] = field(default_factory=dict)
+    """Shared by the metrics of one run (two metrics of one retuned model retune it once)."""
+
+
 class Metric(ABC):
     """A number computed from an evaluation, optionally relative to the victim (reference).
 
     Every registered metric is computed for every defense run, logged to its MLflow run under
-    ``name`` and available as a table column (``bdtool compare --metric NAME``).
+    ``name`` and available as a table column (``bdtool compare --metric NAME``), except an
+    ``opt_in`` metric, computed only when a comparison names it. A metric that ``needs_model``
+    first ``measure``s the defended model (its value lands in ``EvalResult.extra[name]``, where
+    ``compute`` reads it).
     """
 
     name: ClassVar[str]
@@ -352,8 +419,19 @@ class Metric(ABC):
     """Measures how much of a backdoor was removed (Score, DER): undefined, NaN and shown "-", on a
     victim without a backdoor (poison rate 0), where there is nothing to remove."""
 
+    needs_model: ClassVar[bool] = False
+    """Measures the defended model itself (``measure``, with a ``MetricProbe``), not only its
+    evaluation; NaN ("-") where there is no defended model (the Before row)."""
+    opt_in: ClassVar[bool] = False
+    """Computed only when a comparison names it (``--metric NAME``): it costs more than reading the
+    evaluation (e.g. training a copy of the model)."""
+
     @abstractmethod
     def compute(self, result: "EvalResult", reference: "EvalResult | None" = None) -> float: ...
+
+    def measure(self, model: nn.Module, probe: MetricProbe) -> float:
+        """For a ``needs_model`` metric: its number for the defended ``model`` (never modified)."""
+        raise NotImplementedError(f"metric '{self.name}' declares needs_model but has no measure()")
 
     def value_range(self, reference: "EvalResult | None" = None) -> tuple[float, float] | None:
         """The values ``compute`` can give; one outside it is a bug in the metric or in what it was

@@ -329,6 +329,7 @@ class ActivationEditing(Defense):
     description = "activation-guided multiplicative editing of the last layers (Hsieh et al.)"
     requires_trigger = False
     accepts_trigger = True
+    uses_attack_target = True  # the attack's target class, with the trigger: not on an all-to-all backdoor
     accepts_target_label = True
     Params = ActivationEditingParams
     default_rows = ("ours", "ours:knowledge=target", "ours:knowledge=none", "ours:repair=0.01")

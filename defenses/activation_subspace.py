@@ -426,6 +426,7 @@ class SubspaceEditing(Defense):
                    "head's input (the trigger given, or reverse-engineered without it)")
     requires_trigger = False
     accepts_trigger = True
+    uses_attack_target = True  # the attack's target class, with the trigger: not on an all-to-all backdoor
     accepts_target_label = True
     Params = SubspaceEditParams
     default_rows = ("ours-proj", "ours-proj:knowledge=target", "ours-proj:knowledge=none")

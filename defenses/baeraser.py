@@ -104,6 +104,7 @@ class BaEraser(TrainingDefense):
     description = "gradient-ascent unlearning of the trigger, L1 pull to original weights, early stop on D_U ASR (BDK)"
     requires_trigger = True
     accepts_trigger = True
+    uses_attack_target = True  # the attack's target class, with the trigger: not on an all-to-all backdoor
     Params = BaEraserParams
 
     def apply(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:

@@ -15,8 +15,8 @@ GROUP = "bdtool"
 ENV_RESTRICT = "BDTOOL_PLUGINS"
 
 BUILTIN_ENTRY_POINTS = (
-    "datasets", "models", "attacks", "sig", "wanet", "lc", "metrics", "sweeps", "ours", "ours-proj",
-    "finetune-repair", "basicft", "actft", "nad", "baeraser", "retrain", "suppress-target", "fp", "anp", "nc",
+    "datasets", "models", "attacks", "sig", "wanet", "lc", "adap-blend", "adap-patch", "proj-aware", "metrics",
+    "sweeps", "ours", "ours-proj", "finetune-repair", "basicft", "actft", "nad", "baeraser", "retrain", "suppress-target", "fp", "anp", "nc",
     "ibau",
 )
 """The entry points bdtool's own distribution declares (pyproject.toml; tests/test_plugins.py keeps

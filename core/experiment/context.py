@@ -46,10 +46,13 @@ def defense_context(
       set (``needs_training_set``, i.e. retraining) gets the clean training set and its recipe
       and an empty D_U instead (its row's n is the training-set size).
     - ``trigger``: the attack (trigger and target) is handed over; ``target``: the target label.
+      An all-to-all backdoor has no single target label: ``target_class`` stays None (its rows are
+      checked in ``rows.parse_row``).
     """
     return data_context(victim.data, defense_cls, n, seed, device,
                         attack=victim.attack if trigger else None,
-                        target_class=victim.attack.target_class if (target or trigger) else None,
+                        target_class=victim.attack.target_class if (target or trigger) and not victim.attack.all_to_all
+                        else None,
                         train_recipe=victim.train_config, progress=progress, log_metric=log_metric,
                         report_detection=report_detection)
 
@@ -78,7 +81,8 @@ def data_context(
         device=device,
         seed=seed,
         attack=attack,
-        target_class=target_class if target_class is not None else (attack.target_class if attack else None),
+        target_class=target_class if target_class is not None else (
+            attack.target_class if attack is not None and not attack.all_to_all else None),
         draw_unlearn=None if retrains else data.unlearn_drawer(n, seed),
         train=data.clean_train() if retrains else None,
         train_recipe=train_recipe if retrains else None,

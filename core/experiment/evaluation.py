@@ -1,7 +1,9 @@
 """Evaluation and the Score (docs/architecture.md, "Metrics"; README "Metrics").
 
 - ACC: clean accuracy on the evaluation half; CTCA: clean accuracy on its target-class images.
-- ASR: share of non-target evaluation images, stamped with the trigger, classified as the target.
+- ASR: share of non-target evaluation images, stamped with the trigger, classified as the target;
+  for an all-to-all backdoor (``ALL_TO_ALL``), of every stamped image of class y classified as
+  (y + 1) mod K, also per source class (``extra["asr_class_<y>"]``), and no CTCA (NaN).
 - Per-class and minimum class accuracy (the supplement notes its Score misses a lost class, §B.1).
 - Score = 100 · (ACC_after / ACC_before) · max(0, 1 − ASR_after / ASR_before) — reconstructed; it
   fits the supplement's Table 7 rows within about half a point.
@@ -9,16 +11,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
-
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch import nn
 
 from bdtool.core.compute.modules import preserve_modes
-from bdtool.core.interfaces import Attack
+from bdtool.core.interfaces import Attack, MetricProbe
 from bdtool.core.results import EvalResult
 from bdtool.core.tensors import LabeledTensors
+
+if TYPE_CHECKING:
+    from bdtool.core.compute.training import TrainConfig
+    from bdtool.core.experiment.splits import ExperimentData
 
 
 @torch.no_grad()
@@ -51,6 +56,8 @@ def evaluate(model: nn.Module, data: LabeledTensors, attack: Attack | None, num_
     for c in range(num_classes):
         members = y == c
         per_class.append(float(correct[members].float().mean()) if members.any() else float("nan"))
+    if attack is not None and attack.all_to_all:
+        return _all_to_all_result(model, data, attack, num_classes, device, correct, per_class)
     asr = float("nan")
     if attack is not None:
         target = attack.target_class
@@ -68,6 +75,19 @@ def evaluate(model: nn.Module, data: LabeledTensors, attack: Attack | None, num_
         n_eval=len(y),
         target_class=target,
     )
+
+
+def _all_to_all_result(model: nn.Module, data: LabeledTensors, attack: Attack, num_classes: int,
+                       device: torch.device, correct: torch.Tensor, per_class: list[float]) -> EvalResult:
+    """An all-to-all backdoor's evaluation: ASR per source class y (the share of its stamped images
+    classified as (y + 1) mod K, in ``extra["asr_class_<y>"]``) and overall (of every stamped image);
+    CTCA is NaN: there is no target class."""
+    y = data.y.cpu()
+    hits = predict(model, attack.apply(data.x), device) == attack.target_labels(y, num_classes)
+    extra = {f"asr_class_{c}": float(hits[y == c].float().mean()) for c in range(num_classes) if (y == c).any()}
+    return EvalResult(acc=float(correct.float().mean()), asr=float(hits.float().mean()) if len(y) else float("nan"),
+                      ctca=float("nan"), per_class_acc=per_class, n_eval=len(y), target_class=attack.target_class,
+                      extra=extra)
 
 
 def score(after: EvalResult, before: EvalResult) -> float:
@@ -108,6 +128,48 @@ def check_metric_range(metric: Any, value: float, reference: EvalResult | None) 
         raise MetricRangeError(f"{value:g} is outside its range [{bounds[0]:g}, {bounds[1]:g}]: a bug in the metric "
                                "or in what it was given, not a result")
     return value
+
+
+def metric_probe(data: "ExperimentData", attack: Attack, train_recipe: "TrainConfig | None", seed: int,
+                 device: torch.device) -> MetricProbe:
+    """The :class:`MetricProbe` of one run: the attack, the unseen pool, the victim's recipe, and
+    the evaluation half only behind ``asr``/``acc`` (a metric gets numbers of it, never images)."""
+    evaluation = data.evaluation
+
+    def asr(model: nn.Module) -> float:
+        return evaluate(model, evaluation, attack, data.num_classes, device).asr
+
+    def acc(model: nn.Module) -> float:
+        return accuracy(model, evaluation, device)
+
+    return MetricProbe(attack=attack, pool=data.pool, num_classes=data.num_classes, device=device, seed=seed,
+                       asr=asr, acc=acc, train_recipe=train_recipe)
+
+
+def measure_model_metrics(metrics: Iterable[Any], model: nn.Module, probe: MetricProbe) -> tuple[dict[str, float], list[str]]:
+    """``measure`` of every metric of ``metrics`` that ``needs_model``, on the defended ``model``:
+    ``(values by name, errors)``; a metric that raises gives NaN and an error message, as in
+    :func:`compute_metrics`. The values go into ``EvalResult.extra``, where ``compute`` reads them."""
+    values: dict[str, float] = {}
+    errors: list[str] = []
+    for item in metrics:
+        cls = getattr(item, "obj", item)
+        if not getattr(cls, "needs_model", False):
+            continue
+        try:
+            values[cls.name] = float(cls().measure(model, probe))
+        except Exception as exc:  # noqa: BLE001 - a plugin's metric must not sink the run
+            values[cls.name] = float("nan")
+            errors.append(f"metric '{cls.name}' failed: {type(exc).__name__}: {exc}")
+    return values, errors
+
+
+def selected_metrics(metric_classes: Iterable[Any], named: Iterable[str]) -> list[Any]:
+    """The metrics a comparison computes: every one of ``metric_classes`` but the ``opt_in`` ones
+    it does not name (``--metric NAME``)."""
+    names = set(named)
+    return [m for m in metric_classes if not getattr(getattr(m, "obj", m), "opt_in", False)
+            or getattr(m, "obj", m).name in names]
 
 
 def compute_metrics(metrics: Iterable[Any], result: EvalResult, reference: EvalResult | None,

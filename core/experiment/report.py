@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from bdtool.core.experiment.evaluation import compute_metrics, to_mlflow_units
 from bdtool.core.experiment.output import atomic_target, write_text_atomic
 from bdtool.core.experiment.rows import RowSpec
+from bdtool.core.interfaces import ALL_TO_ALL
 from bdtool.core.tracking.models import label_slug
 
 if TYPE_CHECKING:
@@ -207,9 +208,11 @@ def aggregate(victim: "Victim", outcomes: list["RunOutcome"], config: "CompareCo
         columns.insert(len(columns) - 1, detection_column)  # before the time
     percent = [m.header or m.name for m in (shown or metric_classes) if m.percent]
     percent += [c.header for c in columns if c in DETECTION_COLUMNS]
-    victim_text = (f"{spec.attack} (target {spec.target})" if spec.backdoored else
+    all_to_all = spec.target == ALL_TO_ALL
+    victim_text = ((f"{spec.attack} (all-to-all: y → y+1 mod K; ASR per source class, no CTCA, no null row)"
+                    if all_to_all else f"{spec.attack} (target {spec.target})") if spec.backdoored else
                    f"clean victim (no backdoor; ASR = its natural rate under the {spec.attack} trigger toward "
-                   f"class {spec.target})")
+                   f"{'y+1 mod K' if all_to_all else f'class {spec.target}'})")
     title = (f"{spec.dataset} / {spec.model} / {victim_text}, "
              f"mean ± std over {config.seeds} seed(s); {', '.join(percent)} in %")
     return Summary(title, before_row, rows, meta, [o.to_dict() for o in outcomes], columns,
@@ -260,11 +263,14 @@ def summary_table(summary: Summary) -> dict[str, list[Any]]:
 
 def detection_share(outcomes: Sequence["RunOutcome"], spec: Any) -> tuple[Column, Stat] | None:
     """The detection column's cell for one row: over the seeds whose defense reported a verdict,
-    the share flagged at the victim's target (backdoored victim) or flagged at all (clean victim);
+    the share flagged at the victim's target (backdoored victim) or flagged at all (clean victim, or
+    an all-to-all backdoor, whose every class is a target);
     None when no seed reported one."""
     verdicts = [o.detection for o in outcomes if o.detection is not None]
     if not verdicts:
         return None
+    if spec.backdoored and spec.target == ALL_TO_ALL:  # every class is a target: any flagged class is one
+        return FOUND_COLUMN, stat([float(bool(d["detected"])) for d in verdicts])
     if spec.backdoored:
         return FOUND_COLUMN, stat([float(bool(d["detected"]) and d.get("target") == spec.target) for d in verdicts])
     return FLAGGED_COLUMN, stat([float(bool(d["detected"])) for d in verdicts])

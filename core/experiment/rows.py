@@ -123,8 +123,9 @@ def parse_knowledge(options: dict[str, str], text: str) -> Knowledge | None:
     return None
 
 
-def parse_row(text: str, default_knowledge: Knowledge, registries) -> RowSpec:
-    """Parse and fully validate one ``--defense`` value against the registries."""
+def parse_row(text: str, default_knowledge: Knowledge, registries, all_to_all: bool = False) -> RowSpec:
+    """Parse and fully validate one ``--defense`` value against the registries (``all_to_all``:
+    for an all-to-all backdoor, which has no single target label: see ``check_all_to_all``)."""
     name, options = split_row_text(text)
     cls = registries.defenses.get(name)
     explicit = parse_knowledge(options, text)
@@ -143,9 +144,32 @@ def parse_row(text: str, default_knowledge: Knowledge, registries) -> RowSpec:
             f"--defense {text}: '{name}' cannot use knowledge={explicit.value} (it uses: {usable}); "
             "drop the key or pick one of those"
         )
+    if all_to_all:
+        knowledge = check_all_to_all(text, cls, knowledge, explicit)
     params = cls.make_params(options)
     return RowSpec(text=text, defense_cls=cls, defense_options=options, knowledge=knowledge, repair_lr=repair_lr,
                    params=params, repair_cls=repair_cls)
+
+
+def check_all_to_all(text: str, cls: type[Defense], knowledge: Knowledge, explicit: Knowledge | None) -> Knowledge:
+    """A row's knowledge on an all-to-all backdoor (docs/attacks.md, "All-to-all"): there is no
+    target label to know, so a defense that needs one, a row under knowledge ``target`` and a
+    defense that uses the attack's target class with the trigger are refused in one line; a
+    defense that would take the target label under ``trigger`` falls back to ``none``."""
+    name = cls.name
+    if cls.requires_target_label:
+        raise InvalidParameterError(f"--defense {text}: '{name}' needs the target label, which an all-to-all backdoor "
+                                    "does not have (every class y has its own target, y + 1 mod K); leave it out")
+    if knowledge is Knowledge.TARGET:
+        if explicit is Knowledge.TARGET or Knowledge.NONE not in cls.usable_knowledge():
+            raise InvalidParameterError(f"--defense {text}: knowledge=target means knowing the target label, which an "
+                                        "all-to-all backdoor does not have; use knowledge=trigger or none")
+        return Knowledge.NONE
+    if knowledge is Knowledge.TRIGGER and cls.uses_attack_target:
+        fix = "use knowledge=none" if Knowledge.NONE in cls.usable_knowledge() else "leave it out (it needs the trigger)"
+        raise InvalidParameterError(f"--defense {text}: '{name}' with the trigger also uses the attack's single target "
+                                    f"class, which an all-to-all backdoor does not have; {fix}")
+    return knowledge
 
 
 def default_row_texts(registries) -> list[str]:
@@ -163,7 +187,8 @@ def default_row_texts(registries) -> list[str]:
     return texts
 
 
-def default_rows_under(granted: Knowledge, registries) -> tuple[list[str], list[tuple[str, str]]]:
+def default_rows_under(granted: Knowledge, registries,
+                       all_to_all: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
     """The default rows that can run under ``granted`` (the ``--knowledge`` default), and the
     ones left out with the reason: ``bdtool compare --knowledge none`` runs every defense that
     needs no knowledge instead of refusing the whole comparison."""
@@ -172,7 +197,7 @@ def default_rows_under(granted: Knowledge, registries) -> tuple[list[str], list[
     labels: set[str] = set()
     for text in default_row_texts(registries):
         try:
-            row = parse_row(text, granted, registries)
+            row = parse_row(text, granted, registries, all_to_all)
         except InvalidParameterError as exc:
             skipped.append((text, str(exc).split(": ", 1)[-1]))
             continue
@@ -186,8 +211,8 @@ def default_rows_under(granted: Knowledge, registries) -> tuple[list[str], list[
     return kept, skipped
 
 
-def parse_rows(texts: list[str], default_knowledge: Knowledge, registries) -> list[RowSpec]:
-    rows = [parse_row(t, default_knowledge, registries) for t in texts]
+def parse_rows(texts: list[str], default_knowledge: Knowledge, registries, all_to_all: bool = False) -> list[RowSpec]:
+    rows = [parse_row(t, default_knowledge, registries, all_to_all) for t in texts]
     labels = [r.label for r in rows]
     dupes = sorted({label for label in labels if labels.count(label) > 1})
     if dupes:

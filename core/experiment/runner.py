@@ -21,6 +21,7 @@ from bdtool.core.errors import BdtoolError
 from bdtool.core.experiment.compare_config import CompareConfig
 from bdtool.core.experiment.components import load_dataset
 from bdtool.core.experiment.env import RunEnv
+from bdtool.core.experiment.evaluation import selected_metrics
 from bdtool.core.experiment.executor import Executor, LocalExecutor
 from bdtool.core.experiment.output import log_summary_artifacts, publish
 from bdtool.core.experiment.report import (Summary, aggregate, format_markdown, row_sizes, summary_metrics,
@@ -140,7 +141,8 @@ def run_comparison(config: CompareConfig, env: RunEnv, executor: Executor | None
     uri = tracking.setup_tracking(env.tracking_uri)
     experiment_id = tracking.ensure_experiment(env.experiment, uri)
     tasks = comparison_tasks(config, victim)
-    metric_classes = [e.obj for e in sorted(env.registries.metrics, key=lambda e: (e.obj.column_order, e.name))]
+    metric_classes = selected_metrics(
+        [e.obj for e in sorted(env.registries.metrics, key=lambda e: (e.obj.column_order, e.name))], config.metrics)
     key = comparison_key(victim.config_hash, [r.label for r in config.rows], config.samples, config.seeds)
     point = find_resume_point(config.resume, key, experiment_id, metric_classes) if config.resume else None
     if config.resume == AUTO and point is None:

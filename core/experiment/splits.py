@@ -134,6 +134,7 @@ def prepare_experiment(bundle: "DataBundle", attack: "Attack", rate: float, seed
                        attack_context: AttackContext | None = None) -> ExperimentData:
     """Poison the training set (after ``attack.prepare(train, attack_context)`` when ``rate`` > 0
     and a context is given) and split the test set."""
+    attack.num_classes = bundle.num_classes  # an all-to-all backdoor's labels need it
     if rate > 0 and attack_context is not None:
         attack.prepare(bundle.train, attack_context)
     poisoned = poison_training_set(bundle.train, attack, rate, seed)

@@ -17,12 +17,13 @@ from bdtool.core import interrupts, tracking
 from bdtool.core.callbacks import DetectionReport
 from bdtool.core.compute.device import seed_everything, timed
 from bdtool.core.experiment.context import defense_context
-from bdtool.core.experiment.evaluation import compute_metrics, evaluate, to_mlflow_units
+from bdtool.core.experiment.evaluation import (compute_metrics, evaluate, measure_model_metrics, metric_probe,
+                                               to_mlflow_units)
 from bdtool.core.tracking.models import logged_model_name
 from bdtool.core.experiment.rows import RowSpec
 from bdtool.core.experiment.env import RunEnv
 from bdtool.core.experiment.victim_spec import Victim
-from bdtool.core.interfaces import Knowledge
+from bdtool.core.interfaces import Knowledge, target_text
 from bdtool.core.results import EvalResult
 from bdtool.core.tracking.failures import ArtifactLogError, is_store_error, store_error_line
 from bdtool.core.tracking.inputs import log_dataset_input
@@ -270,8 +271,15 @@ def _defend_and_evaluate(row: RowSpec, n: int, seed: int, victim: Victim, env: R
     defended = defend_timed(row, defense, victim.model, ctx, seed, env.device)
     model, outcome.defense_time_s, outcome.repair_time_s = defended.model, defended.defense_time_s, defended.repair_time_s
     result = evaluate(model, data.evaluation, victim.attack, data.num_classes, env.device)
+    if any(getattr(m, "needs_model", False) for m in job.metric_classes):  # e.g. re-activation: retunes a copy
+        probe = metric_probe(data, victim.attack, victim.train_config, seed, env.device)
+        measured, measure_errors = measure_model_metrics(job.metric_classes, model, probe)
+        result.extra.update(measured)
+    else:
+        measure_errors = []
     outcome.result = result
     outcome.metrics, errors = compute_metrics(job.metric_classes, result, victim.before, backdoored=spec.backdoored)
+    errors = measure_errors + errors
     for message in errors:  # a broken metric plugin costs its number, not the run
         env.progress.message(f"  {row.label} n={n} seed={seed}: {message}")
     if not log:
@@ -315,7 +323,7 @@ def _defense_description(row: RowSpec, n: int, seed: int, params: dict[str, Any]
     """The run's description (Markdown) in the MLflow UI: what this run of the comparison is."""
     spec = victim.spec
     lines = [f"**{row.label}**: defense `{row.defense_name}`, knowledge `{row.knowledge_label}`, n={n}, seed={seed}",
-             "", f"Victim: {spec.dataset} / {spec.model} / {spec.attack} (target {spec.target}, poison rate "
+             "", f"Victim: {spec.dataset} / {spec.model} / {spec.attack} (target {target_text(spec.target)}, poison rate "
              f"{spec.poison_rate:g}), run `{victim.run_id}`."]
     if row.repair_lr is not None:
         lines += ["", f"Repair: `{row.repair_cls.name if row.repair_cls is not None else ''}` lr={row.repair_lr:g}"]

@@ -25,7 +25,7 @@ from bdtool.core.experiment.victim_cache import load_cached, victim_lock
 from bdtool.core.experiment.victim_key import config_hash
 from bdtool.core.experiment.victim_spec import Victim, VictimSpec, clean_spec
 from bdtool.core.experiment.victim_training import train_victim
-from bdtool.core.interfaces import Attack, AttackContext
+from bdtool.core.interfaces import ALL_TO_ALL, Attack, AttackContext
 
 
 def get_victim(spec: VictimSpec, env: RunEnv, retrain: bool = False, bundle: DataBundle | None = None) -> Victim:
@@ -60,11 +60,15 @@ def check_victim_spec(spec: VictimSpec, env: RunEnv, bundle: DataBundle) -> tupl
     the attack built from its parameters and tried on one image, the poison rate in [0, 1), the
     model built for the data set, the training recipe's ranges. One ``BdtoolError`` line each;
     ``get_victim`` and every ``--dry-run`` run it before any work."""
-    if not 0 <= spec.target < bundle.num_classes:
+    if spec.target != ALL_TO_ALL and not 0 <= spec.target < bundle.num_classes:
         raise BdtoolError(f"target class {spec.target} is out of range for {spec.dataset} (0..{bundle.num_classes - 1})")
     if not 0.0 <= spec.poison_rate < 1.0:
         raise BdtoolError(f"--poison-rate must be in [0, 1), got {spec.poison_rate}")
     attack = build_attack(env.registries, spec.attack, dict(spec.attack_options), spec.target)
+    attack.num_classes = bundle.num_classes
+    if attack.all_to_all and attack.poison_rate_of == "target class":
+        raise BdtoolError(f"attack {spec.attack} is clean-label (it poisons only the target class and keeps every "
+                          "label) and cannot be all-to-all; use a dirty-label attack (badnets, blend, wanet, adap-*)")
     try:
         attack.apply(bundle.test.x[:1])
     except ValueError as exc:

@@ -11,6 +11,9 @@
   Datasets and Benchmarks), [max(0, ΔASR) − max(0, ΔACC) + 1] / 2 with Δ = before − after, in
   [0, 1]; shown ×100 so it can be set beside BackdoorBench's tables.
 - ``asr``, ``acc``, ``ctca``, ``min_class_acc``: the evaluation's own numbers.
+- ``reactivation``, ``reactivation_acc`` (opt-in: ``--metric reactivation``): the ASR and ACC after
+  a copy of the defended model is fine-tuned on 5 poisoned (and 45 clean) samples of the unseen pool
+  (``plugins/builtin/reactivation.py``; the retuning attack of Min et al., NeurIPS 2024).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from typing import Callable
 
 import bdtool
 from bdtool.core.experiment.evaluation import score
-from bdtool.core.interfaces import Metric
+from bdtool.core.interfaces import Metric, MetricProbe
 from bdtool.core.results import EvalResult
+from bdtool.plugins.builtin.reactivation import (DEFAULT_CLEAN, DEFAULT_K, DEFAULT_STEPS, LR_FACTOR, reactivated_acc,
+                                                  reactivated_asr)
 
 
 def _need(reference: EvalResult | None, name: str) -> EvalResult:
@@ -123,9 +128,40 @@ class MinClassAccuracy(EvaluationField):
     description = "lowest per-class clean accuracy (catches a lost class)"
 
 
+class MeasuredField(Metric):
+    """A metric ``measure``d on the defended model (``needs_model``); ``compute`` reads the value
+    the runner put into ``EvalResult.extra`` (NaN where there is none: the Before row)."""
+
+    needs_model = True
+    opt_in = True
+    percent = True
+
+    def compute(self, result: EvalResult, reference: EvalResult | None = None) -> float:
+        return float(result.extra.get(self.name, float("nan")))
+
+
+class ReactivatedASR(MeasuredField):
+    name, header = "reactivation", "ReASR"
+    higher_is_better = False
+    description = (f"opt-in: ASR after fine-tuning a copy of the defended model on {DEFAULT_K} poisoned + "
+                   f"{DEFAULT_CLEAN} clean pool samples (victim's SGD at lr x {LR_FACTOR:g}, {DEFAULT_STEPS} steps); "
+                   "read beside asr")
+
+    def measure(self, model, probe: MetricProbe) -> float:
+        return reactivated_asr(model, probe)
+
+
+class ReactivatedAccuracy(MeasuredField):
+    name, header = "reactivation_acc", "ReACC"
+    description = "opt-in: clean accuracy after the same re-activation fine-tuning (a collapsed model shows here)"
+
+    def measure(self, model, probe: MetricProbe) -> float:
+        return reactivated_acc(model, probe)
+
+
 BUILTIN_METRICS: tuple[type[Metric], ...] = (
     Score, ClassAwareScore, DefenseEffectivenessRating, AttackSuccessRate, Accuracy, CleanTargetClassAccuracy,
-    MinClassAccuracy,
+    MinClassAccuracy, ReactivatedASR, ReactivatedAccuracy,
 )
 
 
