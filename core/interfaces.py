@@ -144,9 +144,9 @@ class Attack(_Parametrised, ABC):
         """Called once before ``poison`` when the poison rate is above 0; the default needs nothing."""
         return None
 
-    def poison(self, data: LabeledTensors, rate: float, generator: torch.Generator) -> Poisoning:
-        """Dirty-label poisoning: ``round(rate * len(data))`` non-target images, drawn with
-        ``generator``, stamped with ``apply`` and relabelled to the target class."""
+    def draw_poisoned(self, data: LabeledTensors, rate: float, generator: torch.Generator) -> Tensor:
+        """The dirty-label draw: ``round(rate * len(data))`` of the images this attack may poison
+        (``trigger_candidates``), in the order ``generator`` draws them (sort them for a set)."""
         if not 0.0 <= rate < 1.0:
             raise BdtoolError(f"poison rate must be in [0, 1), got {rate}")
         candidates = self.trigger_candidates(data.y)
@@ -154,10 +154,15 @@ class Attack(_Parametrised, ABC):
         if n_poison > len(candidates):
             raise BdtoolError(
                 f"poison rate {rate} needs {n_poison} non-target samples; only {len(candidates)} exist")
-        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:n_poison]].sort().values
+        return candidates[torch.randperm(len(candidates), generator=generator)[:n_poison]]
+
+    def poison(self, data: LabeledTensors, rate: float, generator: torch.Generator) -> Poisoning:
+        """Dirty-label poisoning: the ``draw_poisoned`` images, stamped with ``apply`` and
+        relabelled to the target class."""
+        chosen = self.draw_poisoned(data, rate, generator).sort().values
         x = data.x.clone()
         y = data.y.clone()
-        if n_poison:
+        if len(chosen):
             x[chosen] = self.apply(x[chosen])
             y[chosen] = self.target_labels(data.y[chosen])
         return Poisoning(LabeledTensors(x, y), chosen)

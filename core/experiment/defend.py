@@ -137,7 +137,7 @@ def check_row(row: RowSpec, supplied: Knowledge) -> None:
 def _metrics(prefix: str, m: EvalResult) -> dict[str, float]:
     values = {f"{prefix}acc": m.acc, f"{prefix}min_class_acc": m.min_class_acc, f"{prefix}asr": m.asr,
               f"{prefix}ctca": m.ctca}
-    return {k: float(v) for k, v in values.items() if v is not None and not math.isnan(v)}
+    return {k: float(v) for k, v in values.items() if not math.isnan(v)}
 
 
 def defend_model(config: DefendConfig, env: RunEnv) -> DefendResult | DefendPlan:

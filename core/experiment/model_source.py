@@ -83,6 +83,8 @@ def _import_module(module: str, ref: str) -> Any:
         if not path.is_file():
             raise BdtoolError(f"--model {ref}: no such file {path}")
         name = f"bdtool_user_model_{abs(hash(str(path.resolve())))}"
+        if name in sys.modules:  # a comparison builds the model several times: the file runs once, as an import does
+            return sys.modules[name]
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise BdtoolError(f"--model {ref}: {path} cannot be imported as a Python module")

@@ -42,13 +42,8 @@ def draw_payload_and_cover(data: LabeledTensors, attack: Attack, rate: float, co
     ones: bdtool's dirty-label protocol, ``Attack.poison``; all of them for an all-to-all backdoor)
     and ``round(cover_ratio · n_payload)`` regularization samples among the remaining images of any
     class (the authors draw them disjoint from the payload), both with ``generator``."""
-    if not 0.0 <= rate < 1.0:
-        raise BdtoolError(f"poison rate must be in [0, 1), got {rate}")
-    candidates = attack.trigger_candidates(data.y)
-    n_payload = int(round(rate * len(data)))
-    if n_payload > len(candidates):
-        raise BdtoolError(f"poison rate {rate} needs {n_payload} non-target samples; only {len(candidates)} exist")
-    payload_order = candidates[torch.randperm(len(candidates), generator=generator)[:n_payload]]
+    payload_order = attack.draw_poisoned(data, rate, generator)
+    n_payload = len(payload_order)
     rest = torch.ones(len(data), dtype=torch.bool)
     rest[payload_order] = False
     others = torch.nonzero(rest).flatten()

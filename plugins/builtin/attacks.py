@@ -25,6 +25,12 @@ def checkerboard(h: int, w: int, device: torch.device | str | None = None) -> Te
     cols = torch.arange(w, device=device).view(1, -1)
     return ((rows + cols) % 2 == 0).float().unsqueeze(0)
 
+def automatic_patch_size(size: int, image_size: int) -> int:
+    """A patch trigger's side: ``size`` px when given, else max(2, image_size // 8) (2 px on 8×8
+    digits, 3 px on 28×28): BadNets' rule, shared by every patch attack (LC, Adap-Patch, proj-aware)."""
+    return size or max(2, image_size // 8)
+
+
 @dataclass
 class BadNetsParams:
     size: int = param(0, ge=0)
@@ -43,7 +49,7 @@ class BadNets(Attack):
     Params = BadNetsParams
 
     def patch_size(self, image_size: int) -> int:
-        return self.params.size or max(2, image_size // 8)
+        return automatic_patch_size(self.params.size, image_size)
 
     def mask_and_pattern(self, shape: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
         _, h, w = shape[-3:]

@@ -34,6 +34,7 @@ from bdtool.core.interfaces import Attack, Poisoning
 from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 from bdtool.plugins.builtin.adaptive_poison import blend, draw_payload_and_cover
+from bdtool.plugins.builtin.attacks import automatic_patch_size
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
@@ -74,7 +75,7 @@ class AdapPatch(Attack):
     Params = AdapPatchParams
 
     def patch_size(self, image_size: int) -> int:
-        return self.params.size or max(2, image_size // 8)
+        return automatic_patch_size(self.params.size, image_size)
 
     def patches(self, shape: tuple[int, ...], device: torch.device) -> list[tuple[Tensor, Tensor]]:
         """(mask, pattern) of every patch, each (1, H, W): a seeded black-and-white square (never

@@ -29,7 +29,7 @@ from bdtool.core.errors import BdtoolError
 from bdtool.core.interfaces import Attack, AttackContext, Poisoning
 from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
-from bdtool.plugins.builtin.attacks import checkerboard
+from bdtool.plugins.builtin.attacks import automatic_patch_size, checkerboard
 
 
 @dataclass
@@ -63,7 +63,7 @@ class LabelConsistent(Attack):
     def mask_and_pattern(self, shape: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
         """The four corner patches' mask and a checkerboard pattern, each (1, H, W)."""
         h, w = shape[-2:]
-        s = self.params.size or max(2, min(h, w) // 8)
+        s = automatic_patch_size(self.params.size, min(h, w))
         if 2 * s > min(h, w):
             raise ValueError(f"four {s}px corner patches do not fit a {h}x{w} image")
         mask = torch.zeros(1, h, w, device=device)

@@ -42,6 +42,7 @@ from bdtool.core.interfaces import Attack, Poisoning
 from bdtool.core.params import param
 from bdtool.core.tensors import LabeledTensors
 from bdtool.plugins.builtin.adaptive_poison import blend, draw_payload_and_cover
+from bdtool.plugins.builtin.attacks import automatic_patch_size
 
 
 @dataclass
@@ -66,7 +67,7 @@ class ProjAware(Attack):
     Params = ProjAwareParams
 
     def patch_size(self, image_size: int) -> int:
-        return self.params.size or max(2, image_size // 8)
+        return automatic_patch_size(self.params.size, image_size)
 
     def variant_stack(self, shape: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
         """(masks, patterns), each (variants, 1, H, W): square v at its own position."""
